@@ -1,0 +1,60 @@
+# One target per `gift` subcommand; `make help` lists them. Everything runs inside .venv, which
+# `make install` creates (and `make test` / `make demo` create on first use).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+GIFT := $(BIN)/gift
+
+# generate
+TASK ?= aircraft
+MODEL ?= sd15
+OUT ?= shards-out
+PER_CLASS ?=
+STEPS ?= 50
+GUIDANCE ?= 7.5
+BATCH ?= 16
+GPUS ?= 1
+GEN_ARGS = --model $(MODEL) --out $(OUT) --steps $(STEPS) --guidance $(GUIDANCE) --batch-size $(BATCH) --gpus $(GPUS) \
+           $(if $(PER_CLASS),--per-class $(PER_CLASS))
+
+.PHONY: help install test lint demo generate tasks shards-ls verify bench-generate clean-demo
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@echo "  variables: TASK=$(TASK) MODEL=$(MODEL) OUT=$(OUT) PER_CLASS=<per task> STEPS=$(STEPS) GUIDANCE=$(GUIDANCE) BATCH=$(BATCH) GPUS=$(GPUS)"
+
+$(BIN)/gift: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+install: $(BIN)/gift ## Create .venv and install the project with its test extras (torch from the registry)
+
+test: $(BIN)/gift ## Run the test suite (CPU, offline, tiny models)
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/gift ## ruff
+	$(BIN)/ruff check pipeline shards cli tests
+
+demo: $(BIN)/gift ## The pipeline end to end on tiny built-in models, on CPU
+	$(BIN)/python -m pipeline.demo --out demo-out
+
+tasks: $(BIN)/gift ## List tasks, class counts, default images per class and prompt templates
+	$(GIFT) tasks
+
+generate: $(BIN)/gift ## Render TASK into OUT/<task>/<spec-hash>/ (MODEL=sd15|tiny|reference:DIR|PATH)
+	$(GIFT) generate $(TASK) $(GEN_ARGS)
+
+shards-ls: $(BIN)/gift ## List the shard sets under OUT
+	$(GIFT) shards ls $(OUT)
+
+verify: $(BIN)/gift ## Verify every set under OUT (checksums and every sample)
+	@set -e; for m in $(OUT)/*/*/manifest.json; do $(GIFT) shards verify $$(dirname $$m); done
+
+bench-generate: $(BIN)/gift ## Generation throughput and write overhead -> BENCHMARKS.md
+	$(BIN)/python -m pipeline.bench_generate --out BENCHMARKS.md
+
+clean-demo: ## Remove demo-out/
+	rm -rf demo-out

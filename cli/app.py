@@ -1,0 +1,256 @@
+"""The ``gift`` command: a thin typer layer that parses, calls a typed function, and prints with rich."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="GIFT: continual CLIP fine-tuning with Stable Diffusion replay.")
+shards_app = typer.Typer(no_args_is_help=True, help="Inspect, verify and preview shard sets.")
+app.add_typer(shards_app, name="shards")
+console = Console(stderr=True)
+out = Console()
+
+
+class Scheduler(str, Enum):
+    pndm = "pndm"
+    ddim = "ddim"
+    dpm_solver = "dpm-solver"
+
+
+class OnOff(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+def _setup_logging() -> None:
+    rank = os.environ.get("RANK")
+    fmt = f"[rank {rank}] %(message)s" if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else "%(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt, handlers=[RichHandler(console=console, show_path=False)], force=True)
+    for noisy in ("httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+
+
+@contextmanager
+def _clean_errors():
+    """Known failures become one red line and a non-zero exit; Ctrl-C exits 130 with a resume hint."""
+    from pipeline.generate import SpecError
+    from pipeline.generators import ModelNotFoundError
+    from shards.errors import ShardSetError
+
+    try:
+        yield
+    except (SpecError, ShardSetError, ModelNotFoundError, ValueError) as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    except OSError as e:
+        console.print(f"[bold red]error:[/] {e}\nNothing partial was kept under a final name; fix the cause and re-run to resume.")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/] finished shards are kept; re-run the same command to resume.")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def tasks() -> None:
+    """List every task with its class count, default images per class, and prompt template."""
+    from pipeline import catalog
+
+    table = Table("task", "classes", "per class (default)", "prompt template")
+    for name in catalog.task_names():
+        task = catalog.get_task(name)
+        table.add_row(name, str(task.num_classes), str(catalog.default_per_class(name)), task.prompt_template)
+    out.print(table)
+
+
+class RichProgress:
+    """pipeline.generate.Progress shown as a rich bar with images/s and ETA."""
+
+    def __init__(self, label: str, enabled: bool):
+        self.enabled = enabled
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+            disable=not enabled,
+        )
+        self.label = label
+        self.task = None
+        self.done = 0
+
+    def start(self, total: int, already_done: int) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task(self.label, total=total, rate="")
+
+    def advance(self, images: int) -> None:
+        self.bar.advance(self.task, images)
+        speed = self.bar.tasks[0].speed
+        self.bar.update(self.task, rate=f"{speed:.2f} img/s" if speed else "")
+
+    def shard_done(self, record, render_s: float, write_s: float) -> None: ...
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def _relaunch_with_torchrun(gpus: int) -> None:
+    """``--gpus N``: run this same command under torchrun with N processes (one per GPU)."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            args.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m", "cli", *args]
+    console.print(f"launching {gpus} processes: {' '.join(cmd[2:])}")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
+def generate(
+    task: str = typer.Argument(..., help="An MTIL dataset or `imagenet` (see `gift tasks`)."),
+    model: str = typer.Option("sd15", help="`sd15` (stable-diffusion-v1-5), `tiny` (random, CPU), `reference:DIR` (real images DIR/<class>/*.jpg), a Hub id, or a local diffusers directory."),
+    out_dir: Path = typer.Option(Path("shards-out"), "--out", help="Root of shard sets; the set goes to OUT/<task>/<spec-hash>/."),
+    per_class: int = typer.Option(None, help="Images per class [default: enough for one MTIL order to draw each image about once; see `gift tasks`]."),
+    steps: int = typer.Option(50, help="Denoising steps."),
+    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
+    scheduler: Scheduler = typer.Option(Scheduler.pndm, help="Sampler (pndm is SD v1.5's own, as in the released code)."),
+    size: int = typer.Option(None, help="Image side in pixels [default: 512; 64 for tiny; original size for reference]."),
+    negative_prompt: str = typer.Option("", help="Negative prompt (empty: none)."),
+    safety_checker: OnOff = typer.Option(OnOff.auto, help="SD safety checker; flagged images are recorded and left out [auto: on for sd15, off for tiny]."),
+    dtype: str = typer.Option("auto", help="fp16 | bf16 | fp32 [auto: fp16 on GPU, fp32 on CPU]."),
+    batch_size: int = typer.Option(16, help="Images per pipeline call (numerics only: recorded per shard, not in the hash)."),
+    seed: int = typer.Option(0, help="Base seed; every image's seed derives from it and the image's key."),
+    image_format: str = typer.Option("jpg", "--format", help="jpg | png."),
+    jpeg_quality: int = typer.Option(95, help="JPEG quality."),
+    shard_size: int = typer.Option(256, help="Samples per shard (the unit of resume and of multi-GPU splitting)."),
+    revision: str = typer.Option(None, help="Model revision (Hub models)."),
+    download: bool = typer.Option(False, "--download", help="Allow fetching weights from the Hub (default: local files only)."),
+    device: str = typer.Option(None, help="cuda | cpu [default: cuda:LOCAL_RANK when a GPU is present]."),
+    gpus: int = typer.Option(1, help="Processes to launch with torchrun (one per GPU); rank r renders shards r, r+N, ..."),
+) -> None:
+    """Render TASK's class prompts into a resumable, verifiable shard set."""
+    if gpus > 1 and "RANK" not in os.environ:
+        _relaunch_with_torchrun(gpus)
+    _setup_logging()
+    import torch
+
+    from pipeline.generate import default_device, generate, resolve_spec
+
+    with _clean_errors():
+        dev = torch.device(device) if device else default_device()
+        if dev.type == "cuda" and dev.index is None:
+            dev = default_device()
+        spec = resolve_spec(
+            task, model=model, per_class=per_class, steps=steps, guidance=guidance, scheduler=scheduler.value,
+            size=size, negative_prompt=negative_prompt,
+            safety_checker=None if safety_checker is OnOff.auto else safety_checker is OnOff.on,
+            dtype=dtype, seed=seed, image_format=image_format, jpeg_quality=jpeg_quality, shard_size=shard_size,
+            revision=revision, device=dev,
+        )
+        progress = RichProgress(f"{task} ({spec.generator})", enabled=os.environ.get("RANK", "0") == "0")
+        try:
+            result = generate(spec, out_dir, batch_size=batch_size, device=dev, progress=progress, allow_download=download)
+        finally:
+            progress.stop()
+    if result.manifest is not None:
+        m = result.manifest
+        state = "[green]complete[/]" if m["complete"] else "[yellow]incomplete[/]"
+        out.print(f"{result.set_path}: {m['samples']} images in {m['num_shards']} shards, {m['bytes'] / 1e6:.1f} MB, "
+                  f"{m['flagged']} flagged, {state} (rendered {len(result.rendered_shards)}, kept {len(result.skipped_shards)})")
+
+
+def _summary(spec: dict) -> str:
+    if spec["generator"] == "reference":
+        return f"reference {spec['model']}"
+    return f"{spec['generator']} {spec['model']} · {spec['scheduler']} {spec['steps']} steps · cfg {spec['guidance']} · {spec['size']}px · {spec['dtype']}"
+
+
+@shards_app.command("ls")
+def shards_ls(root: Path = typer.Argument(Path("shards-out"), help="Root of shard sets.")) -> None:
+    """List the sets under ROOT: task, spec summary, samples, bytes, complete or not."""
+    from shards.manifest import find_sets, load_manifest
+
+    with _clean_errors():
+        table = Table("task", "hash", "generator", "samples", "MB", "complete", "path")
+        for path in find_sets(root):
+            m = load_manifest(path)
+            table.add_row(m["task"], m["spec_hash"][:16], _summary(m["spec"]), f"{m['samples']}/{m['planned_samples']}",
+                          f"{m['bytes'] / 1e6:.1f}", "yes" if m["complete"] else "[yellow]no[/]", str(path))
+        out.print(table)
+
+
+@shards_app.command("info")
+def shards_info(set_path: Path = typer.Argument(..., help="A set directory (ROOT/<task>/<hash>).")) -> None:
+    """Show a set's spec, versions and per-shard records."""
+    from shards.manifest import load_manifest
+
+    with _clean_errors():
+        m = load_manifest(set_path)
+        out.print(f"[bold]{m['task']}[/] {m['spec_hash']}  ({'complete' if m['complete'] else 'incomplete'})")
+        out.print(f"{m['samples']} images ({m['flagged']} flagged), {m['bytes'] / 1e6:.1f} MB, "
+                  f"{len(m['shards'])}/{m['num_shards']} shards")
+        out.print_json(data={"spec": m["spec"], "versions": m["versions"]})
+        table = Table("shard", "samples", "flagged", "MB", "sha256", "device", "dtype", "batch")
+        for s in m["shards"]:
+            r = s["render"]
+            table.add_row(f"{s['index']:06d}", str(s["samples"]), str(s["flagged"]), f"{s['bytes'] / 1e6:.1f}",
+                          s["sha256"][:16], str(r.get("device")), str(r.get("dtype")), str(r.get("batch_size")))
+        out.print(table)
+
+
+@shards_app.command("verify")
+def shards_verify(
+    set_path: Path = typer.Argument(..., help="A set directory (ROOT/<task>/<hash>)."),
+    quick: bool = typer.Option(False, "--quick", help="Checksums only; skip decoding every sample."),
+) -> None:
+    """Recompute every checksum and read every sample; exit 1 naming each broken shard."""
+    from shards.verify import verify_set
+
+    report = verify_set(set_path, deep=not quick)
+    if report.ok:
+        out.print(f"[green]ok[/] {set_path}: {report.shards_checked} shards, {report.samples} samples verified")
+        return
+    for problem in report.problems:
+        console.print(f"[bold red]broken:[/] {problem}")
+    raise typer.Exit(1)
+
+
+@shards_app.command("preview")
+def shards_preview(
+    set_path: Path = typer.Argument(..., help="A set directory (ROOT/<task>/<hash>)."),
+    out_file: Path = typer.Option(..., "--out", help="PNG file to write."),
+    n: int = typer.Option(16, help="Samples to show."),
+    columns: int = typer.Option(4, help="Grid columns."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+) -> None:
+    """Write a contact sheet of N samples captioned with their prompts."""
+    from shards.preview import contact_sheet
+
+    with _clean_errors():
+        if out_file.exists() and not force:
+            raise ValueError(f"{out_file} exists; pass --force to overwrite it or choose another --out")
+        shown = contact_sheet(set_path, out_file, n=n, columns=columns)
+    out.print(f"wrote {out_file} ({shown} samples)")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,375 @@
+"""Stage 1: render a task's class prompts into a resumable, verifiable shard set.
+
+Plan first, render second. The plan (key, class, prompt, seed of every sample) is a pure function of
+the :class:`GenerateSpec`; the set lives at ``OUT/<task>/<spec-hash>/``. Shard i holds plan rows
+[i*shard_size, (i+1)*shard_size). Under ``torchrun`` rank r renders shards r, r+world, ... and writes only
+its own files; rank 0 writes the manifest. Re-running the same command skips finished shards whose
+checksums hold and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from shards.errors import SpecMismatchError
+from shards.layout import parquet_path, set_dir, spec_hash, tar_path
+from shards.manifest import (
+    ShardRecord,
+    collect_records,
+    load_manifest,
+    make_manifest,
+    read_record,
+    write_manifest,
+)
+from shards.verify import check_shard
+from shards.writer import ShardWriter
+
+from . import catalog
+from .generators import (
+    DTYPES,
+    SCHEDULERS,
+    SD15_ID,
+    DiffusersGenerator,
+    Generator,
+    PlanRow,
+    ReferenceGenerator,
+    load_sd15,
+    set_scheduler,
+)
+from .tiny_sd import SD15_SCHEDULER_CONFIG, TINY_SIZE, build_tiny_pipeline
+
+log = logging.getLogger("gift.generate")
+PLAN_VERSION = 1  # bump when the plan (keys, seeds, order) changes: it is part of every spec hash
+FORMATS = ("jpg", "png")
+
+
+class SpecError(ValueError):
+    """An invalid generation request; the message names the bad value and the valid ones."""
+
+
+@dataclass(frozen=True)
+class GenerateSpec:
+    """Everything that decides what a set *contains*; its hash names the set's directory.
+
+    How it was computed (device, batch size) changes pixels only numerically and is recorded per shard
+    instead, so sets rendered on different machines from one spec share an address.
+    """
+
+    task: str
+    generator: str = "sd15"  # sd15 | tiny | reference
+    model: str = SD15_ID  # Hub id or local directory (sd15), "tiny", or the image folder (reference)
+    revision: str | None = None
+    scheduler: str = "pndm"
+    steps: int = 50
+    guidance: float = 7.5
+    size: int = 512  # 0 = the reference images' own size
+    negative_prompt: str = ""
+    safety_checker: bool = True
+    dtype: str = "fp16"
+    per_class: int = 8
+    seed: int = 0
+    image_format: str = "jpg"
+    jpeg_quality: int = 95
+    shard_size: int = 256
+    plan_version: int = PLAN_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def hash(self) -> str:
+        return spec_hash(self.to_dict())
+
+
+def resolve_spec(
+    task: str,
+    *,
+    model: str = "sd15",
+    per_class: int | None = None,
+    steps: int = 50,
+    guidance: float = 7.5,
+    scheduler: str = "pndm",
+    size: int | None = None,
+    negative_prompt: str = "",
+    safety_checker: bool | None = None,
+    dtype: str = "auto",
+    seed: int = 0,
+    image_format: str = "jpg",
+    jpeg_quality: int = 95,
+    shard_size: int = 256,
+    revision: str | None = None,
+    device: torch.device | None = None,
+) -> GenerateSpec:
+    """Validate a request and fill the defaults that depend on the generator and device.
+
+    ``model``: ``sd15`` (the SD v1.5 Hub id), ``tiny``, ``reference:DIR``, a Hub id or a local directory.
+    """
+    try:
+        catalog.get_task(task)
+    except catalog.UnknownTaskError as e:
+        raise SpecError(str(e)) from e
+    if scheduler not in SCHEDULERS:
+        raise SpecError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if image_format not in FORMATS:
+        raise SpecError(f"unknown image format {image_format!r}; choose jpg or png")
+    for name, value in (("--per-class", per_class), ("--steps", steps), ("--shard-size", shard_size)):
+        if value is not None and value <= 0:
+            raise SpecError(f"{name} must be positive, got {value}")
+    if size is not None and (size < 0 or size % 8):
+        raise SpecError(f"--size must be a positive multiple of 8, got {size}")
+    if guidance < 0:
+        raise SpecError(f"--guidance must be >= 0, got {guidance}")
+    if not 1 <= jpeg_quality <= 100:
+        raise SpecError(f"--jpeg-quality must be in 1..100, got {jpeg_quality}")
+    device = device or default_device()
+
+    common = dict(task=task, per_class=per_class or catalog.default_per_class(task), seed=seed,
+                  image_format=image_format, jpeg_quality=jpeg_quality, shard_size=shard_size)
+    if model.startswith("reference:"):
+        folder = Path(model.removeprefix("reference:")).expanduser().resolve()
+        # Nothing is rendered: the diffusion settings do not apply and are fixed so they cannot split the hash.
+        return GenerateSpec(generator="reference", model=str(folder), scheduler="none", steps=0, guidance=0.0,
+                            size=size or 0, safety_checker=False, dtype="none", **common)
+    if dtype == "auto":
+        dtype = "fp16" if device.type == "cuda" and model != "tiny" else "fp32"
+    if dtype not in DTYPES:
+        raise SpecError(f"unknown dtype {dtype!r}; choose fp16, bf16 or fp32 (or auto)")
+    if dtype == "fp16" and device.type != "cuda":
+        raise SpecError("--dtype fp16 needs a GPU; use --dtype fp32 on CPU")
+    if model == "tiny":
+        return GenerateSpec(generator="tiny", model="tiny", scheduler=scheduler, steps=steps, guidance=guidance,
+                            size=size or TINY_SIZE, negative_prompt=negative_prompt,
+                            safety_checker=bool(safety_checker), dtype=dtype, **common)
+    return GenerateSpec(generator="sd15", model=SD15_ID if model == "sd15" else model, revision=revision,
+                        scheduler=scheduler, steps=steps, guidance=guidance, size=size or 512,
+                        negative_prompt=negative_prompt,
+                        safety_checker=True if safety_checker is None else safety_checker, dtype=dtype, **common)
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def sample_seed(base_seed: int, key: str) -> int:
+    """A 63-bit seed per sample from the base seed and the key: independent noise for every image."""
+    return int.from_bytes(hashlib.sha256(f"{base_seed}:{key}".encode()).digest()[:8], "big") >> 1
+
+
+def plan(spec: GenerateSpec) -> list[PlanRow]:
+    """Every sample of the set, class-major: ``per_class`` instances of each class in label order."""
+    task = catalog.get_task(spec.task)
+    rows = []
+    for c, name in enumerate(task.classnames):
+        for i in range(spec.per_class):
+            key = f"{spec.task}-{c:04d}-{i:04d}"
+            rows.append(PlanRow(key, c, name, task.prompt(c), sample_seed(spec.seed, key), i))
+    return rows
+
+
+def make_generator(spec: GenerateSpec, device: torch.device, *, allow_download: bool = False) -> Generator:
+    if spec.generator == "reference":
+        return ReferenceGenerator(Path(spec.model), catalog.get_task(spec.task).classnames, spec.seed, spec.size)
+    if spec.generator == "tiny":
+        pipe = build_tiny_pipeline(SD15_SCHEDULER_CONFIG, safety_checker=spec.safety_checker)
+        if spec.dtype != "fp32":
+            pipe = pipe.to(dtype=DTYPES[spec.dtype])
+    else:
+        pipe = load_sd15(spec.model, revision=spec.revision, dtype=spec.dtype,
+                         safety_checker=spec.safety_checker, allow_download=allow_download)
+    set_scheduler(pipe, spec.scheduler)
+    return DiffusersGenerator(pipe, steps=spec.steps, guidance=spec.guidance, size=spec.size,
+                              negative_prompt=spec.negative_prompt, device=device)
+
+
+def encode(image: Image.Image, spec: GenerateSpec) -> bytes:
+    buf = io.BytesIO()
+    if spec.image_format == "png":
+        image.save(buf, format="PNG")
+    else:
+        image.save(buf, format="JPEG", quality=spec.jpeg_quality)
+    return buf.getvalue()
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("gift-cl", "torch", "diffusers", "transformers", "open_clip_torch", "webdataset", "pyarrow", "pillow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+class Progress:
+    """Hooks for a progress display (the CLI's rich bar); the default does nothing."""
+
+    def start(self, total: int, already_done: int) -> None: ...
+    def advance(self, images: int) -> None: ...
+    def shard_done(self, record: ShardRecord, render_s: float, write_s: float) -> None: ...
+
+
+@dataclass
+class GenerateResult:
+    set_path: Path
+    manifest: dict | None  # rank 0 only
+    rendered_shards: list[int] = field(default_factory=list)
+    skipped_shards: list[int] = field(default_factory=list)
+    render_seconds: float = 0.0
+    write_seconds: float = 0.0  # encoding, hashing, tar and parquet writing
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def generate(
+    spec: GenerateSpec,
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 16,
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+    allow_download: bool = False,
+) -> GenerateResult:
+    """Render (or finish) the set of ``spec`` under ``out``; returns where it is and what was done."""
+    if batch_size <= 0:
+        raise SpecError(f"--batch-size must be positive, got {batch_size}")
+    dist = Dist.from_env()
+    device = device or default_device()
+    progress = progress or Progress()
+    if dist.world > 1 and not torch.distributed.is_initialized():
+        # gloo only coordinates (barriers); rendering never communicates. The long timeout lets ranks
+        # that finish early wait for the slowest one.
+        torch.distributed.init_process_group("gloo", timeout=timedelta(hours=72))
+    if device.type == "cpu" and dist.world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
+
+    set_path = set_dir(out, spec.task, spec.hash)
+    rows = plan(spec)
+    shards = [rows[i : i + spec.shard_size] for i in range(0, len(rows), spec.shard_size)]
+    versions = library_versions()
+    if dist.rank == 0:
+        _open_set(set_path, spec, len(shards), len(rows), versions)
+    dist.barrier()
+
+    result = GenerateResult(set_path, None)
+    todo = []
+    for i in range(dist.rank, len(shards), dist.world):
+        if _finished(set_path, i):
+            result.skipped_shards.append(i)
+        else:
+            todo.append(i)
+    progress.start(sum(len(shards[i]) for i in todo), sum(len(shards[i]) for i in result.skipped_shards))
+    if todo:
+        log.info("rank %d: rendering %d shard(s) of %s (%d already done)", dist.rank, len(todo), set_path, len(result.skipped_shards))
+        generator = make_generator(spec, device, allow_download=allow_download)
+        render = {"device": device_name(device), "dtype": spec.dtype, "batch_size": batch_size}
+        for i in todo:
+            record = _render_shard(generator, spec, set_path, i, shards[i], batch_size, render, progress, result)
+            result.rendered_shards.append(i)
+            if record.flagged:
+                log.warning("shard %06d: %d of %d images flagged by the safety checker (recorded, not stored)",
+                            i, record.flagged, len(shards[i]))
+            if dist.rank == 0:
+                _update_manifest(set_path, spec, len(shards), len(rows), versions)
+    dist.barrier()
+    if dist.rank == 0:
+        result.manifest = _update_manifest(set_path, spec, len(shards), len(rows), versions)
+    return result
+
+
+def _open_set(set_path: Path, spec: GenerateSpec, num_shards: int, planned: int, versions: dict) -> None:
+    """Create the set directory, or check that the one there was made by this very spec."""
+    set_path.mkdir(parents=True, exist_ok=True)
+    if (set_path / "manifest.json").exists():
+        existing = load_manifest(set_path)
+        if existing["spec"] != spec.to_dict():
+            raise SpecMismatchError(
+                f"{set_path} holds a set made by a different spec with the same hash prefix "
+                f"(existing {existing['spec_hash']}, requested {spec.hash}); move it away or choose another OUT"
+            )
+    for stale in set_path.glob(".*.tmp-*"):  # left by a killed process: never complete, never read
+        stale.unlink(missing_ok=True)
+    _update_manifest(set_path, spec, num_shards, planned, versions)
+
+
+def _finished(set_path: Path, index: int) -> bool:
+    """True when shard ``index`` has a record and its tar matches it; a broken shard is removed."""
+    record_file = parquet_path(set_path, index)
+    if not record_file.exists():
+        return False
+    try:
+        problems = check_shard(set_path, index, read_record(record_file), deep=False)
+    except Exception as e:  # an unreadable record is a broken shard like any other
+        problems = [str(e)]
+    if not problems:
+        return True
+    log.warning("redoing shard %06d: %s", index, "; ".join(problems))
+    record_file.unlink(missing_ok=True)
+    tar_path(set_path, index).unlink(missing_ok=True)
+    return False
+
+
+def _render_shard(generator: Generator, spec: GenerateSpec, set_path: Path, index: int, rows: list[PlanRow],
+                  batch_size: int, render: dict, progress: Progress, result: GenerateResult) -> ShardRecord:
+    render_s = write_s = 0.0
+    ext = spec.image_format
+    with ShardWriter(set_path, index, render) as writer:
+        for b in range(0, len(rows), batch_size):
+            batch = rows[b : b + batch_size]
+            t0 = time.perf_counter()
+            images = generator.render(batch)
+            t1 = time.perf_counter()
+            for row, image in zip(batch, images, strict=True):
+                meta = {**row.as_row(), "task": spec.task, "spec_hash": spec.hash}
+                writer.add(row.as_row(), None if image is None else encode(image, spec), ext, meta)
+            write_s += time.perf_counter() - t1
+            render_s += t1 - t0
+            progress.advance(len(batch))
+        t0 = time.perf_counter()
+        record = writer.commit()
+        write_s += time.perf_counter() - t0
+    result.render_seconds += render_s
+    result.write_seconds += write_s
+    progress.shard_done(record, render_s, write_s)
+    log.info("shard %06d done: %d images, %.1f MB, render %.1fs, encode+write %.2fs (%.1f%%)", index,
+             record.samples, record.bytes / 1e6, render_s, write_s, 100 * write_s / max(render_s, 1e-9))
+    return record
+
+
+def _update_manifest(set_path: Path, spec: GenerateSpec, num_shards: int, planned: int, versions: dict) -> dict:
+    manifest = make_manifest(task=spec.task, spec=spec.to_dict(), num_shards=num_shards, planned_samples=planned,
+                             records=collect_records(set_path, num_shards), versions=versions)
+    write_manifest(set_path, manifest)
+    return manifest
+
+

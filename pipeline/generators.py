@@ -1,0 +1,167 @@
+"""Image generators behind one small interface: ``render(rows) -> [PIL image | None]``.
+
+- ``sd15``: diffusers' ``StableDiffusionPipeline`` from a Hub id (local cache only unless downloads are
+  allowed) or a local diffusers directory.
+- ``tiny``: the same pipeline class with tiny random modules (``pipeline.tiny_sd``), for CPU tests.
+- ``reference``: real images of the class from ``ROOT/<class name>/``, in place of rendering (the paper's
+  "real images instead of synthetic" ablation).
+
+``None`` in the output marks a sample the safety checker flagged: it is recorded, never written.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SCHEDULERS = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "dpm-solver": "DPMSolverMultistepScheduler"}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+class ModelNotFoundError(RuntimeError):
+    """Generator weights or reference images that are not on this machine."""
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One planned sample: the ``instance``-th image of class ``class_index``."""
+
+    key: str
+    class_index: int
+    class_name: str
+    prompt: str
+    seed: int
+    instance: int
+
+    def as_row(self) -> dict:
+        return {k: getattr(self, k) for k in ("key", "class_index", "class_name", "prompt", "seed")}
+
+
+class Generator(Protocol):
+    def render(self, rows: Sequence[PlanRow]) -> list[Image.Image | None]: ...
+
+
+class DiffusersGenerator:
+    """Renders a batch with a ``StableDiffusionPipeline``; each image has its own seeded CPU generator,
+    so image i depends only on its prompt and seed (and, numerically, on batch size, dtype and device)."""
+
+    def __init__(self, pipe, *, steps: int, guidance: float, size: int, negative_prompt: str, device: torch.device):
+        self.pipe = pipe.to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.steps, self.guidance, self.size = steps, guidance, size
+        self.negative_prompt = negative_prompt or None
+
+    @torch.inference_mode()
+    def render(self, rows: Sequence[PlanRow]) -> list[Image.Image | None]:
+        out = self.pipe(
+            prompt=[r.prompt for r in rows],
+            negative_prompt=[self.negative_prompt] * len(rows) if self.negative_prompt else None,
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance,
+            height=self.size,
+            width=self.size,
+            # CPU generators: the initial noise is the same on every device.
+            generator=[torch.Generator("cpu").manual_seed(r.seed) for r in rows],
+            output_type="pil",
+        )
+        flagged = out.nsfw_content_detected or [False] * len(rows)
+        return [None if bad else image for image, bad in zip(out.images, flagged, strict=True)]
+
+
+def set_scheduler(pipe, name: str) -> None:
+    """Swap the pipeline's scheduler, keeping the model's own noise-schedule config."""
+    import diffusers
+
+    cls = getattr(diffusers, SCHEDULERS[name])
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+
+
+def load_sd15(model: str, *, revision: str | None, dtype: str, safety_checker: bool, allow_download: bool):
+    """SD v1.5 from a local diffusers directory or the Hugging Face cache; a clear error if absent."""
+    from diffusers import StableDiffusionPipeline
+    from huggingface_hub import constants
+
+    local_only = offline() or not allow_download
+    kwargs = {"torch_dtype": DTYPES[dtype], "revision": revision, "local_files_only": local_only}
+    if not safety_checker:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    is_dir = Path(model).expanduser().is_dir()
+    try:
+        return StableDiffusionPipeline.from_pretrained(str(Path(model).expanduser()) if is_dir else model, **kwargs)
+    except (OSError, ValueError) as e:
+        if is_dir:
+            where = f"the local directory {Path(model).expanduser()} (it must hold a diffusers layout: model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
+        else:
+            where = f"the Hugging Face cache {constants.HF_HUB_CACHE} for {model!r} (revision {revision or 'main'})"
+        hint = (
+            "Provide the weights: on a machine with network run "
+            f"`huggingface-cli download {SD15_ID}` (then copy the cache, or set HF_HOME), "
+            "or pass --model /path/to/a/diffusers/directory"
+        )
+        if not local_only:
+            hint += "; the download itself failed"
+        elif not offline():
+            hint += ", or allow a download with --download"
+        raise ModelNotFoundError(f"Stable Diffusion weights not found: searched {where}.\n{hint}.\n({type(e).__name__}: {e})") from e
+
+
+class ReferenceGenerator:
+    """"Renders" a sample by taking a real image of its class from ``root/<class name>/``.
+
+    Class names containing ``/`` (some Cars and SUN397 names) are looked up with ``/`` replaced by ``_``.
+    Instance i of a class takes the i-th file of a seeded shuffle of the class folder, so samples of a
+    class differ while the folder has enough images, and then repeat.
+    """
+
+    def __init__(self, root: Path, classnames: Sequence[str], seed: int, size: int):
+        self.root, self.seed, self.size = Path(root), seed, size
+        if not self.root.is_dir():
+            raise ModelNotFoundError(f"reference image folder {self.root} does not exist (expected ROOT/<class name>/*.jpg)")
+        missing = [c for c in classnames if not self._files(c)]
+        if missing:
+            shown = ", ".join(repr(self.folder_name(c)) for c in missing[:5])
+            raise ModelNotFoundError(
+                f"reference folder {self.root} has no images for {len(missing)} of {len(classnames)} classes "
+                f"(e.g. {shown}); expected {self.root}/<class name>/*.jpg with '/' in names written as '_'"
+            )
+
+    @staticmethod
+    def folder_name(classname: str) -> str:
+        return classname.replace("/", "_")
+
+    def _files(self, classname: str) -> list[Path]:
+        folder = self.root / self.folder_name(classname)
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    def render(self, rows: Sequence[PlanRow]) -> list[Image.Image | None]:
+        images: list[Image.Image | None] = []
+        for row in rows:
+            files = self._files(row.class_name)
+            random.Random(f"{self.seed}:{row.class_index}").shuffle(files)
+            with Image.open(files[row.instance % len(files)]) as im:
+                image = im.convert("RGB")
+            images.append(center_square(image, self.size) if self.size else image)
+        return images
+
+
+def center_square(image: Image.Image, size: int) -> Image.Image:
+    """Centre-crop to a square and resize to ``size`` (bicubic)."""
+    w, h = image.size
+    s = min(w, h)
+    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=box)

@@ -1,0 +1,44 @@
+import pytest
+
+from pipeline import catalog
+
+
+def test_counts_match_the_benchmark():
+    counts = {name: catalog.get_task(name).num_classes for name in catalog.mtil_task_names()}
+    assert sum(counts.values()) == 1201
+    assert counts["aircraft"] == 100 and counts["sun397"] == 397 and counts["caltech101"] == 101
+    assert catalog.get_task("imagenet").num_classes == 1000
+    assert catalog.task_names()[-1] == "imagenet"
+
+
+def test_prompt_is_the_first_template():
+    assert catalog.get_task("aircraft").prompt(0) == "a photo of a 707-320, a type of aircraft."
+    assert catalog.get_task("mnist").prompt(0) == 'a photo of the number: "0 - zero".'
+    assert catalog.get_task("imagenet").prompt(0) == "a photo of a tench."
+    # "/" in class names is kept (Cars, SUN397)
+    assert any("/" in c for c in catalog.get_task("cars").classnames)
+
+
+def test_unknown_task_lists_valid_ones():
+    with pytest.raises(catalog.UnknownTaskError, match="valid tasks: aircraft, caltech101.*imagenet"):
+        catalog.get_task("aircarft")
+
+
+def test_expected_draws_by_hand():
+    # Order I: task t's pool is ImageNet (1000) + tasks 1..t-1; 1000 draws per task.
+    pools = [1000, 1100, 1201, 1301, 1348, 1358, 1460, 1561, 1571, 1608, 1804]
+    order = catalog.orders()["I"]
+    assert catalog.expected_draws("imagenet", order) == pytest.approx(sum(1000 / p for p in pools))
+    assert catalog.expected_draws("aircraft", order) == pytest.approx(sum(1000 / p for p in pools[1:]))
+    assert catalog.expected_draws("sun397", order) == 0.0  # last task of Order I is never replayed
+    assert catalog.expected_draws("cars", order) == pytest.approx(1000 / 1804)
+
+
+def test_default_per_class_covers_both_orders():
+    # imagenet: 8.13 draws (Order I) -> 9; cifar100: 5.39 (I; it is last in II) -> 6; eurosat 3.87 (I) -> 4.
+    assert catalog.default_per_class("imagenet") == 9
+    assert catalog.default_per_class("cifar100") == 6
+    assert catalog.default_per_class("eurosat") == 4
+    assert catalog.default_per_class("sun397") == 3  # 2.50 in Order II
+    total = sum(catalog.default_per_class(t) * catalog.get_task(t).num_classes for t in catalog.task_names())
+    assert total == 15157  # the total stated in the README
