@@ -259,8 +259,13 @@ def generate(
     device: torch.device | None = None,
     progress: Progress | None = None,
     allow_download: bool = False,
+    generator: Generator | None = None,
 ) -> GenerateResult:
-    """Render (or finish) the set of ``spec`` under ``out``; returns where it is and what was done."""
+    """Render (or finish) the set of ``spec`` under ``out``; returns where it is and what was done.
+
+    ``generator`` reuses an already loaded generator (benchmarks); by default it is built from the spec,
+    and only when some shard actually needs rendering.
+    """
     if batch_size <= 0:
         raise SpecError(f"--batch-size must be positive, got {batch_size}")
     dist = Dist.from_env()
@@ -270,8 +275,6 @@ def generate(
         # gloo only coordinates (barriers); rendering never communicates. The long timeout lets ranks
         # that finish early wait for the slowest one.
         torch.distributed.init_process_group("gloo", timeout=timedelta(hours=72))
-    if device.type == "cpu" and dist.world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
 
     set_path = set_dir(out, spec.task, spec.hash)
     rows = plan(spec)
@@ -291,8 +294,15 @@ def generate(
     progress.start(sum(len(shards[i]) for i in todo), sum(len(shards[i]) for i in result.skipped_shards))
     if todo:
         log.info("rank %d: rendering %d shard(s) of %s (%d already done)", dist.rank, len(todo), set_path, len(result.skipped_shards))
-        generator = make_generator(spec, device, allow_download=allow_download)
+        try:
+            generator = generator or make_generator(spec, device, allow_download=allow_download)
+        except BaseException:
+            if dist.rank == 0:
+                _remove_if_empty(set_path)
+            raise
         render = {"device": device_name(device), "dtype": spec.dtype, "batch_size": batch_size}
+        if device.type == "cpu":  # CPU kernels reduce in a thread-count-dependent order
+            render["threads"] = torch.get_num_threads()
         for i in todo:
             record = _render_shard(generator, spec, set_path, i, shards[i], batch_size, render, progress, result)
             result.rendered_shards.append(i)
@@ -320,6 +330,18 @@ def _open_set(set_path: Path, spec: GenerateSpec, num_shards: int, planned: int,
     for stale in set_path.glob(".*.tmp-*"):  # left by a killed process: never complete, never read
         stale.unlink(missing_ok=True)
     _update_manifest(set_path, spec, num_shards, planned, versions)
+
+
+def _remove_if_empty(set_path: Path) -> None:
+    """Undo ``_open_set`` when nothing was rendered, so a failed start leaves no empty set behind."""
+    if any(set_path.glob("*.parquet")):
+        return
+    (set_path / "manifest.json").unlink(missing_ok=True)
+    for d in (set_path, set_path.parent):
+        try:
+            d.rmdir()  # only succeeds while empty
+        except OSError:
+            break
 
 
 def _finished(set_path: Path, index: int) -> bool:

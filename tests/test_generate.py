@@ -1,0 +1,206 @@
+"""Stage 1 end to end through the real `gift` entry point with the tiny SD pipeline on CPU."""
+
+import json
+import resource
+import signal
+import subprocess
+import tarfile
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from shards.layout import tar_path
+from shards.manifest import load_manifest, read_rows
+from shards.reader import iter_shard
+from shards.verify import file_sha256, verify_set
+from tests.conftest import FAST, ROOT, gift_cmd, only_set, run_gift, set_files
+
+# mnist: 10 classes x 2 images = 20 samples in 5 shards of 4.
+ARGS = ["generate", "mnist", *FAST, "--per-class", "2", "--shard-size", "4", "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def reference_set(tmp_path_factory):
+    """One uninterrupted single-process render: the yardstick for resume, repair and multi-process runs."""
+    out = tmp_path_factory.mktemp("ref")
+    r = run_gift(*ARGS, "--out", out)
+    assert r.returncode == 0, r.stderr
+    return only_set(out)
+
+
+def test_set_layout_manifest_and_samples(reference_set):
+    m = load_manifest(reference_set)
+    assert m["complete"] and m["num_shards"] == 5 and m["samples"] == m["planned_samples"] == 20
+    assert m["spec"]["task"] == "mnist" and reference_set.name == m["spec_hash"][:16]
+    assert {"torch", "diffusers", "webdataset", "pyarrow"} <= set(m["versions"])
+    for s in m["shards"]:
+        assert (s["sha256"], s["bytes"]) == file_sha256(tar_path(reference_set, s["index"]))
+        assert s["render"] == {"device": "cpu", "dtype": "fp32", "batch_size": 2, "threads": torch.get_num_threads()}
+    # A plain tar: KEY.jpg + KEY.json per sample, fixed mtime, in plan order.
+    with tarfile.open(tar_path(reference_set, 0)) as tar:
+        names = tar.getnames()
+        assert names[:2] == ["mnist-0000-0000.jpg", "mnist-0000-0000.json"]
+        assert {m.mtime for m in tar.getmembers()} == {0}
+    samples = list(iter_shard(tar_path(reference_set, 0)))
+    assert [s.key for s in samples] == [r["key"] for r in read_rows(reference_set / "000000.parquet")]
+    assert samples[2].meta["prompt"] == 'a photo of the number: "1 - one".'
+    assert samples[0].pil().size == (32, 32)
+    assert verify_set(reference_set).ok
+    assert not list(reference_set.glob(".*"))  # no temporaries left
+
+
+def test_rerun_skips_finished_shards(reference_set, tmp_path):
+    out = reference_set.parents[1]
+    before = {p: p.stat().st_mtime_ns for p in reference_set.glob("*.tar")}
+    r = run_gift(*ARGS, "--out", out)
+    assert r.returncode == 0 and "rendered 0, kept 5" in r.stdout
+    assert before == {p: p.stat().st_mtime_ns for p in reference_set.glob("*.tar")}
+
+
+def test_killed_run_resumes_to_the_same_bytes(reference_set, tmp_path):
+    proc = subprocess.Popen(gift_cmd(*ARGS, "--steps", "2", "--out", tmp_path), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(tmp_path.glob("*/*/*.parquet"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    set_path = only_set(tmp_path)
+    assert not load_manifest(set_path)["complete"]
+    r = run_gift(*ARGS, "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert set_files(set_path) == set_files(reference_set)
+    assert load_manifest(set_path)["shards"] == load_manifest(reference_set)["shards"]
+    assert not list(set_path.glob(".*"))
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(reference_set, tmp_path):
+    proc = subprocess.Popen(gift_cmd(*ARGS, "--out", tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    while not list(tmp_path.glob("*/*/.*.tmp-*")) and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.fail("the run finished before SIGINT arrived; make the run longer")
+    assert proc.returncode == 130 and "re-run the same command to resume" in err
+    set_path = only_set(tmp_path)
+    assert not list(set_path.glob(".*.tmp-*"))
+    assert sorted(p.stem for p in set_path.glob("*.tar")) == sorted(p.stem for p in set_path.glob("*.parquet"))
+    assert run_gift(*ARGS, "--out", tmp_path).returncode == 0
+    assert set_files(set_path) == set_files(reference_set)
+
+
+def _copy_set(src, dst_root):
+    import shutil
+
+    dst = dst_root / src.relative_to(src.parents[1])
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_verify_names_corrupt_shards_and_generate_repairs_them(reference_set, tmp_path):
+    set_path = _copy_set(reference_set, tmp_path)
+    flipped = tar_path(set_path, 1)
+    data = bytearray(flipped.read_bytes())
+    data[700] ^= 0x01  # one bit inside the first image
+    flipped.write_bytes(bytes(data))
+    truncated = tar_path(set_path, 3)
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+
+    r = run_gift("shards", "verify", set_path)
+    assert r.returncode == 1
+    assert "000001.tar: checksum mismatch" in r.stderr and "000003.tar: checksum mismatch" in r.stderr
+    assert "000002.tar" not in r.stderr
+
+    r = run_gift(*ARGS, "--out", tmp_path)
+    assert r.returncode == 0 and "rendered 2, kept 3" in r.stdout
+    assert set_files(set_path) == set_files(reference_set)
+    assert run_gift("shards", "verify", set_path).returncode == 0
+
+
+def test_deep_verify_catches_a_bad_image_with_a_matching_checksum(reference_set, tmp_path):
+    """A shard rewritten with a broken JPEG *and* a recomputed record still fails deep verification."""
+    import pyarrow.parquet as pq
+
+    from shards.layout import canonical_json
+    from shards.manifest import RECORD_KEY, ShardRecord
+
+    set_path = _copy_set(reference_set, tmp_path)
+    tar = tar_path(set_path, 2)
+    data = bytearray(tar.read_bytes())
+    start = data.index(b"\xff\xd8")  # first JPEG's start-of-image marker
+    data[start + 2 : start + 400] = bytes(398)
+    tar.write_bytes(bytes(data))
+    table = pq.read_table(set_path / "000002.parquet")
+    record = ShardRecord.from_dict(json.loads(table.schema.metadata[RECORD_KEY]))
+    sha, size = file_sha256(tar)
+    record = ShardRecord(record.index, record.samples, record.flagged, size, sha, record.render)
+    pq.write_table(table.replace_schema_metadata({RECORD_KEY: canonical_json(record.to_dict())}), set_path / "000002.parquet")
+
+    report = verify_set(set_path)
+    assert not report.ok and any(p.startswith("000002.tar") for p in report.problems), report.problems
+    assert verify_set(set_path, deep=False).problems == ["000002.tar: manifest entry disagrees with the shard's record"]
+
+
+def test_disk_full_mid_shard_leaves_no_partial_shard(reference_set, tmp_path):
+    """A real write failure (RLIMIT_FSIZE -> EFBIG, as a full disk gives ENOSPC) in the middle of a shard."""
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, 12_000))
+
+    r = subprocess.run(gift_cmd(*ARGS, "--out", tmp_path), cwd=ROOT, capture_output=True, text=True,
+                       preexec_fn=small_files)
+    assert r.returncode == 1 and "File too large" in r.stderr and "re-run to resume" in r.stderr
+    set_path = only_set(tmp_path)
+    assert not list(set_path.glob(".*.tmp-*"))
+    for tar in set_path.glob("*.tar"):  # anything under a final name is complete and recorded
+        assert tar.with_suffix(".parquet").exists()
+    r = run_gift(*ARGS, "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert set_files(set_path) == set_files(reference_set)
+
+
+def test_two_processes_write_the_same_set_as_one(tmp_path):
+    """`--gpus 2` launches torchrun with two gloo processes; rank r renders shards r, r+2, ...
+
+    torchrun gives each CPU process one thread; CPU kernels sum in a thread-count-dependent order, so
+    the one-process yardstick runs with one thread too (the thread count is recorded per shard).
+    """
+    r = run_gift(*ARGS, "--out", tmp_path / "one", env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    r = run_gift(*ARGS, "--gpus", "2", "--out", tmp_path / "two")
+    assert r.returncode == 0, r.stderr
+    assert "[rank 1]" in r.stderr
+    one, two = only_set(tmp_path / "one"), only_set(tmp_path / "two")
+    assert set_files(two) == set_files(one)
+    assert load_manifest(two)["shards"] == load_manifest(one)["shards"]
+    assert load_manifest(two)["complete"]
+
+
+def test_ls_info_and_preview(reference_set, tmp_path):
+    root = reference_set.parents[1]
+    r = run_gift("shards", "ls", root)
+    assert r.returncode == 0 and "mnist" in r.stdout and "20/20" in r.stdout and "yes" in r.stdout
+    r = run_gift("shards", "info", reference_set)
+    assert r.returncode == 0 and "000004" in r.stdout and '"guidance": 7.5' in r.stdout
+    sheet = tmp_path / "grid.png"
+    r = run_gift("shards", "preview", reference_set, "--out", sheet, "--n", "6", "--columns", "3")
+    assert r.returncode == 0, r.stderr
+    with Image.open(sheet) as im:
+        assert im.size == (3 * 256, 2 * (256 + 3 * 12 + 6))
+    r = run_gift("shards", "preview", reference_set, "--out", sheet)
+    assert r.returncode == 2 and "--force" in r.stderr
+
+
+def test_missing_sd15_weights_say_what_was_searched(tmp_path):
+    r = run_gift("generate", "aircraft", "--device", "cpu", "--dtype", "fp32", "--out", tmp_path / "o",
+                 env={"HF_HOME": str(tmp_path / "hf")})
+    assert r.returncode == 2
+    err = " ".join(r.stderr.split())
+    assert "Stable Diffusion weights not found" in err and str(tmp_path / "hf") in err
+    assert "huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5" in err
+    assert not list((tmp_path / "o").rglob("*.tar"))

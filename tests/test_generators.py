@@ -1,0 +1,99 @@
+"""The generators behind `gift generate`: SD's safety checker, per-image seeds, and the reference folder."""
+
+import torch
+from PIL import Image
+
+from pipeline.generate import generate, make_generator, plan, resolve_spec
+from pipeline.generators import DiffusersGenerator
+from pipeline.tiny_sd import build_tiny_pipeline
+from shards.manifest import load_manifest, read_rows
+from shards.reader import iter_samples
+from shards.verify import verify_set
+from tests.conftest import run_gift
+
+CPU = torch.device("cpu")
+
+
+def _max_concept_scores(pipe, images):
+    """The safety checker's per-image max cosine similarity to its concept embeddings."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import cosine_distance
+
+    pixels = pipe.feature_extractor(images, return_tensors="pt").pixel_values
+    checker = pipe.safety_checker
+    embeds = checker.visual_projection(checker.vision_model(pixels)[1])
+    return cosine_distance(embeds, checker.concept_embeds).max(dim=1).values
+
+
+def test_safety_checker_flags_are_recorded_and_left_out(tmp_path):
+    spec = resolve_spec("mnist", model="tiny", per_class=1, steps=2, size=32, safety_checker=True, device=CPU)
+    rows = plan(spec)
+    pipe = build_tiny_pipeline(safety_checker=True)
+    unchecked = DiffusersGenerator(build_tiny_pipeline(), steps=2, guidance=7.5, size=32, negative_prompt="", device=CPU)
+    with torch.no_grad():
+        scores = _max_concept_scores(pipe, unchecked.render(rows))
+        # A real checker whose threshold splits this batch: images scoring above the median are flagged.
+        pipe.safety_checker.concept_embeds_weights.fill_(float(scores.median()))
+        pipe.safety_checker.special_care_embeds_weights.fill_(2.0)
+    expected_flagged = {r.key for r, s in zip(rows, scores, strict=True) if s > scores.median()}
+    assert 0 < len(expected_flagged) < len(rows)
+
+    checked = DiffusersGenerator(pipe, steps=2, guidance=7.5, size=32, negative_prompt="", device=CPU)
+    result = generate(spec, tmp_path, batch_size=10, device=CPU, generator=checked)
+    m = result.manifest
+    assert m["flagged"] == len(expected_flagged) and m["samples"] == 10 - len(expected_flagged)
+    rows_on_disk = read_rows(result.set_path / "000000.parquet")
+    assert {r["key"] for r in rows_on_disk if r["status"] == "flagged"} == expected_flagged
+    stored = [s.key for s in iter_samples(result.set_path, [0])]
+    assert stored == [r.key for r in rows if r.key not in expected_flagged]  # no black images stored
+    assert verify_set(result.set_path).ok
+
+
+def test_image_depends_only_on_its_prompt_and_seed():
+    spec = resolve_spec("mnist", model="tiny", per_class=2, steps=3, size=32, device=CPU)
+    gen = make_generator(spec, CPU)
+    rows = plan(spec)
+    alone = gen.render(rows[3:4])[0]
+    in_batch = gen.render(rows[2:4])[1]
+    assert alone.tobytes() == gen.render(rows[3:4])[0].tobytes()  # same seed -> same pixels
+    assert alone.tobytes() != gen.render(rows[2:3])[0].tobytes()  # another seed and prompt -> other pixels
+    # In a batch, image 1 keeps its own noise: nearly equal to rendering it alone (kernels may differ by a ULP).
+    diff = torch.tensor(list(alone.tobytes()), dtype=torch.int16) - torch.tensor(list(in_batch.tobytes()), dtype=torch.int16)
+    assert diff.abs().max() <= 2
+
+
+def _reference_folder(root, classnames, colours):
+    for name, colour in zip(classnames, colours, strict=True):
+        folder = root / name.replace("/", "_")
+        folder.mkdir(parents=True)
+        for k in range(3):
+            Image.new("RGB", (40 + 8 * k, 30), colour).save(folder / f"img{k}.jpg", quality=100)
+
+
+def test_reference_generator_takes_images_of_the_right_class(tmp_path):
+    from pipeline import catalog
+
+    names = catalog.get_task("eurosat").classnames
+    colours = [(25 * i, 255 - 25 * i, 128) for i in range(10)]
+    _reference_folder(tmp_path / "real", names, colours)
+    r = run_gift("generate", "eurosat", "--model", f"reference:{tmp_path / 'real'}", "--size", "32",
+                 "--per-class", "4", "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    (set_path,) = [p.parent for p in (tmp_path / "out").glob("*/*/manifest.json")]
+    m = load_manifest(set_path)
+    assert m["spec"]["generator"] == "reference" and m["samples"] == 40 and m["spec"]["steps"] == 0
+    for sample in iter_samples(set_path, [0]):
+        c = sample.meta["class_index"]
+        image = sample.pil()
+        assert image.size == (32, 32)
+        pixel = image.getpixel((16, 16))
+        assert max(abs(a - b) for a, b in zip(pixel, colours[c], strict=True)) <= 6, (sample.key, pixel)
+    assert verify_set(set_path).ok
+
+
+def test_reference_folder_missing_classes_is_a_clear_error(tmp_path):
+    (tmp_path / "real" / "forest").mkdir(parents=True)  # present but empty
+    r = run_gift("generate", "eurosat", "--model", f"reference:{tmp_path / 'real'}", "--out", tmp_path / "out")
+    assert r.returncode == 2
+    err = " ".join(r.stderr.split())
+    assert "no images for 10 of 10 classes" in err and "'annual crop land'" in err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*"))  # no empty set left behind
