@@ -39,7 +39,7 @@ lint: $(BIN)/gift ## ruff
 	$(BIN)/ruff check pipeline shards cli tests
 
 demo: $(BIN)/gift ## The pipeline end to end on tiny built-in models, on CPU
-	$(BIN)/python -m pipeline.demo --out demo-out
+	$(GIFT) demo --out demo-out
 
 tasks: $(BIN)/gift ## List tasks, class counts, default images per class and prompt templates
 	$(GIFT) tasks

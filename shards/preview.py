@@ -7,31 +7,26 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .manifest import load_manifest
+from .layout import parquet_path
+from .manifest import load_manifest, read_rows
 from .reader import iter_samples
 
 CAPTION_LINES = 3
 
 
 def contact_sheet(set_path: Path, out: Path, *, n: int = 16, columns: int = 4, cell: int = 256) -> int:
-    """Write a PNG grid of the first ``n`` samples spread evenly over the set's shards; returns how many.
+    """Write a PNG grid of ``n`` samples evenly spaced over the set; returns how many were shown.
 
-    Samples are taken round-robin over the shards so a sheet shows many classes, not the first few.
+    Plans are class-major, so even spacing shows many classes rather than the first one's images.
     """
     manifest = load_manifest(set_path)
-    indices = [s["index"] for s in manifest["shards"]]
-    per_shard = max(1, -(-n // max(1, len(indices))))
-    samples = []
-    for i in indices:
-        taken = 0
-        for sample in iter_samples(set_path, [i]):
-            samples.append(sample)
-            taken += 1
-            if taken == per_shard:
-                break
-    samples = samples[:n]
-    if not samples:
+    stored = [(s["index"], r["key"]) for s in manifest["shards"]
+              for r in read_rows(parquet_path(set_path, s["index"])) if r["status"] == "ok"]
+    if not stored:
         raise ValueError(f"{set_path}: no finished samples to preview yet")
+    picks = sorted({stored[round(k * (len(stored) - 1) / max(1, n - 1))] for k in range(min(n, len(stored)))})
+    wanted = {key for _, key in picks}
+    samples = [s for s in iter_samples(set_path, sorted({i for i, _ in picks})) if s.key in wanted]
     font = ImageFont.load_default()
     line_h = 12
     rows = -(-len(samples) // columns)
@@ -41,7 +36,8 @@ def contact_sheet(set_path: Path, out: Path, *, n: int = 16, columns: int = 4, c
     for k, sample in enumerate(samples):
         x, y = (k % columns) * cell, (k // columns) * cell_h
         image = sample.pil()
-        image.thumbnail((cell, cell))
+        scale = cell / max(image.size)  # up or down: tiny renders are 32-64 px
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC)
         sheet.paste(image, (x + (cell - image.width) // 2, y))
         lines = textwrap.wrap(sample.meta.get("prompt", sample.key), width=max(10, cell // 6))[:CAPTION_LINES]
         for j, line in enumerate(lines):

@@ -97,3 +97,27 @@ def test_reference_folder_missing_classes_is_a_clear_error(tmp_path):
     err = " ".join(r.stderr.split())
     assert "no images for 10 of 10 classes" in err and "'annual crop land'" in err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*"))  # no empty set left behind
+
+
+def test_sd15_architecture_matches_the_released_model():
+    """The benchmark's random SD v1.5 has the released parameter counts (built on the meta device)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from pipeline.sd15_arch import TEXT, UNET, VAE
+
+    with torch.device("meta"):
+        counts = [sum(p.numel() for p in m.parameters()) for m in
+                  (UNet2DConditionModel(**UNET), AutoencoderKL(**VAE), CLIPTextModel(CLIPTextConfig(**TEXT)))]
+    assert counts == [859_520_964, 83_653_863, 123_060_480]
+
+
+def test_sd15_benchmark_path_runs_on_cpu():
+    """The GPU benchmark's code path (build, SDPA/classic attention, channels_last), tiny work on CPU."""
+    from pipeline.bench_generate import bench_sd15
+
+    results = bench_sd15(device="cpu", dtypes=("fp32",), batch_sizes=(1,), variant_batch=1, steps=1, size=64,
+                         try_compile=False)
+    assert [r["config"] for r in results] == ["fp32 SDPA (default)", "fp32 classic attention (no SDPA)",
+                                              "fp32 SDPA + channels_last"]
+    assert all(r["images_s"] > 0 for r in results)
