@@ -96,7 +96,7 @@ class RichProgress:
 
     def start(self, total: int, already_done: int) -> None:
         self.bar.start()
-        self.task = self.bar.add_task(self.label, total=total, rate="")
+        self.task = self.bar.add_task(self.label, total=total + already_done, completed=already_done, rate="")
 
     def advance(self, images: int) -> None:
         self.bar.advance(self.task, images)
@@ -129,22 +129,22 @@ def generate(
     task: str = typer.Argument(..., help="An MTIL dataset or `imagenet` (see `gift tasks`)."),
     model: str = typer.Option("sd15", help="`sd15` (stable-diffusion-v1-5), `tiny` (random, CPU), `reference:DIR` (real images DIR/<class>/*.jpg), a Hub id, or a local diffusers directory."),
     out_dir: Path = typer.Option(Path("shards-out"), "--out", help="Root of shard sets; the set goes to OUT/<task>/<spec-hash>/."),
-    per_class: int = typer.Option(None, help="Images per class [default: enough for one MTIL order to draw each image about once; see `gift tasks`]."),
+    per_class: int = typer.Option(None, help="Images per class (default: enough for one MTIL order to draw each image about once; see `gift tasks`)."),
     steps: int = typer.Option(50, help="Denoising steps."),
     guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
     scheduler: Scheduler = typer.Option(Scheduler.pndm, help="Sampler (pndm is SD v1.5's own, as in the released code)."),
-    size: int = typer.Option(None, help="Image side in pixels [default: 512; 64 for tiny; original size for reference]."),
+    size: int = typer.Option(None, help="Image side in pixels (default: 512; 64 for tiny; original size for reference)."),
     negative_prompt: str = typer.Option("", help="Negative prompt (empty: none)."),
-    safety_checker: OnOff = typer.Option(OnOff.auto, help="SD safety checker; flagged images are recorded and left out [auto: on for sd15, off for tiny]."),
-    dtype: str = typer.Option("auto", help="fp16 | bf16 | fp32 [auto: fp16 on GPU, fp32 on CPU]."),
+    safety_checker: OnOff = typer.Option(OnOff.auto, help="SD safety checker; flagged images are recorded and left out (auto: on for sd15, off for tiny)."),
+    dtype: str = typer.Option("auto", help="fp16 | bf16 | fp32 (auto: fp16 on GPU, fp32 on CPU)."),
     batch_size: int = typer.Option(16, help="Images per pipeline call (numerics only: recorded per shard, not in the hash)."),
     seed: int = typer.Option(0, help="Base seed; every image's seed derives from it and the image's key."),
     image_format: str = typer.Option("jpg", "--format", help="jpg | png."),
     jpeg_quality: int = typer.Option(95, help="JPEG quality."),
-    shard_size: int = typer.Option(256, help="Samples per shard (the unit of resume and of multi-GPU splitting)."),
+    shard_size: int = typer.Option(64, help="Samples per shard (the unit of resume and of multi-GPU splitting)."),
     revision: str = typer.Option(None, help="Model revision (Hub models)."),
     download: bool = typer.Option(False, "--download", help="Allow fetching weights from the Hub (default: local files only)."),
-    device: str = typer.Option(None, help="cuda | cpu [default: cuda:LOCAL_RANK when a GPU is present]."),
+    device: str = typer.Option(None, help="cuda | cpu (default: cuda:LOCAL_RANK when a GPU is present, else cpu)."),
     gpus: int = typer.Option(1, help="Processes to launch with torchrun (one per GPU); rank r renders shards r, r+N, ..."),
 ) -> None:
     """Render TASK's class prompts into a resumable, verifiable shard set."""

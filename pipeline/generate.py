@@ -81,7 +81,7 @@ class GenerateSpec:
     seed: int = 0
     image_format: str = "jpg"
     jpeg_quality: int = 95
-    shard_size: int = 256
+    shard_size: int = 64  # ~10 MB of 512² JPEGs: fine-grained resume and multi-GPU balance
     plan_version: int = PLAN_VERSION
 
     def to_dict(self) -> dict:
@@ -107,7 +107,7 @@ def resolve_spec(
     seed: int = 0,
     image_format: str = "jpg",
     jpeg_quality: int = 95,
-    shard_size: int = 256,
+    shard_size: int = 64,
     revision: str | None = None,
     device: torch.device | None = None,
 ) -> GenerateSpec:

@@ -23,11 +23,13 @@ class _HashingFile:
     """A write-only file wrapper that hashes and counts every byte on its way to disk (no re-read)."""
 
     def __init__(self, f: BinaryIO):
-        self.f = f
+        self.f: BinaryIO | None = f
         self.sha256 = hashlib.sha256()
         self.bytes = 0
 
     def write(self, data: bytes) -> int:
+        if self.f is None:  # detached after an abort: tarfile's finaliser may still flush into us
+            return len(data)
         self.sha256.update(data)
         self.bytes += len(data)
         return self.f.write(data)
@@ -98,6 +100,7 @@ class ShardWriter:
         return record
 
     def abort(self) -> None:
+        self._hashing.f = None
         if not self._file.closed:
             self._file.close()
         self.tmp_tar.unlink(missing_ok=True)
