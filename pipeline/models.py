@@ -1,0 +1,144 @@
+"""CLIP through open_clip: ViT-B/16 with OpenAI weights from a local cache or file, or a tiny random preset.
+
+Training follows the reference: every parameter is trained except ``logit_scale``, which is frozen; logits
+use a fixed scale of 100 (OpenAI CLIP's exp(logit_scale)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+from torchvision import transforms as T
+
+LOGIT_SCALE = 100.0
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# A tiny CLIP for tests and the demo: small towers, the real 49,408-token vocabulary and 77-token context,
+# so the real tokenizer applies unchanged.
+TINY_CLIP = {
+    "embed_dim": 64,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+class ClipNotFoundError(RuntimeError):
+    """CLIP weights that are not on this machine."""
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Which CLIP to build: ``arch`` is an open_clip model name or ``tiny``; ``weights`` is ``openai``,
+    a checkpoint path, or ``none`` (random, seeded)."""
+
+    arch: str = "ViT-B-16"
+    weights: str = "openai"
+    seed: int = 0
+
+
+def image_size(model: nn.Module) -> int:
+    size = model.visual.image_size
+    return size[0] if isinstance(size, tuple) else int(size)
+
+
+def load_clip(spec: ClipSpec, device: torch.device | str = "cpu") -> nn.Module:
+    """Build the model in fp32 on ``device``; ``logit_scale`` frozen. Offline: cache or file only."""
+    torch.manual_seed(spec.seed)
+    if spec.arch == "tiny":
+        model = open_clip.CLIP(**TINY_CLIP)
+        if spec.weights not in ("none", "random"):
+            _load_file(model, spec.weights)
+    else:
+        model = _load_pretrained(spec)
+    model.logit_scale.requires_grad_(False)
+    return model.to(device)
+
+
+def _load_pretrained(spec: ClipSpec) -> nn.Module:
+    if spec.weights in ("none", "random"):
+        return open_clip.create_model(spec.arch, pretrained=None)
+    path = Path(spec.weights).expanduser()
+    if not path.is_file():
+        path = _cached_weights(spec)
+    # OpenAI checkpoints need QuickGELU; open_clip applies it automatically only for the "openai" tag.
+    quick_gelu = spec.weights == "openai" or "openai" in str(path).lower()
+    return open_clip.create_model(spec.arch, pretrained=str(path), force_quick_gelu=quick_gelu)
+
+
+def _cached_weights(spec: ClipSpec) -> Path:
+    """The local file of an open_clip pretrained tag, from the Hugging Face cache only (never a download)."""
+    from huggingface_hub import constants, hf_hub_download
+
+    cfg = open_clip.get_pretrained_cfg(spec.arch, spec.weights)
+    repo = (cfg or {}).get("hf_hub", "").strip("/")
+    if not repo:
+        raise ClipNotFoundError(f"unknown CLIP weights {spec.arch}/{spec.weights}: pass a checkpoint file instead")
+    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        try:
+            return Path(hf_hub_download(repo, filename, local_files_only=True))
+        except Exception:  # not cached under this name; try the next
+            continue
+    raise ClipNotFoundError(
+        f"CLIP weights {spec.arch}/{spec.weights} not found: searched the Hugging Face cache "
+        f"{constants.HF_HUB_CACHE} for {repo!r}.\nProvide them: on a machine with network run "
+        f"`huggingface-cli download {repo}` (then copy the cache or set HF_HOME), or pass "
+        "--clip-weights /path/to/open_clip_pytorch_model.bin."
+    )
+
+
+def _load_file(model: nn.Module, path: str) -> None:
+    from safetensors.torch import load_file
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ClipNotFoundError(f"CLIP checkpoint {p} does not exist")
+    state = load_file(p) if p.suffix == ".safetensors" else torch.load(p, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+
+
+def tokenizer():
+    """The real CLIP BPE tokenizer (77 tokens), shared by every preset."""
+    return open_clip.get_tokenizer("ViT-B-16")
+
+
+def train_transform(size: int) -> T.Compose:
+    """Real training images: RandomResizedCrop(scale 0.9-1.0, bicubic), CLIP normalisation, no flip."""
+    return T.Compose([
+        T.Lambda(lambda im: im.convert("RGB")),
+        T.RandomResizedCrop(size, scale=(0.9, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.ToTensor(),
+        T.Normalize(CLIP_MEAN, CLIP_STD),
+    ])
+
+
+def eval_resize(size: int) -> T.Compose:
+    """Synthetic and test images: resize (bicubic) + centre crop, as uint8 CHW (normalised later, on device)."""
+    return T.Compose([
+        T.Lambda(lambda im: im.convert("RGB")),
+        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(size),
+        T.PILToTensor(),
+    ])
+
+
+def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,3,H,W] -> float, CLIP-normalised, on the images' device."""
+    mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def encode_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """L2-normalised image features [B, D]."""
+    return nn.functional.normalize(model.encode_image(images), dim=-1)
+
+
+def encode_texts(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """L2-normalised text features [N, D] from token ids [N, 77]."""
+    return nn.functional.normalize(model.encode_text(tokens), dim=-1)
