@@ -1,0 +1,133 @@
+"""The synthetic stream of stage 2: which rendered images task t replays, decoded once into memory.
+
+For task t of an order, the pool is the order's base set (ImageNet, or ``mini-base``) + tasks 1..t−1. The
+per-task budget draws pool classes uniformly with replacement and, per class, takes images not yet used in
+this run first. The draw is a pure function of the seed and the pool's shard records, so a resumed run
+replays exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shards.errors import ShardSetError
+from shards.layout import parquet_path, spec_hash, tar_path
+from shards.manifest import find_sets, load_manifest, read_rows
+from shards.reader import iter_shard
+from shards.verify import verify_set
+
+from . import catalog
+
+log = logging.getLogger("gift.synthetic")
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    task: str
+    shard: int
+    key: str
+
+
+@dataclass
+class SyntheticBatchSource:
+    """One task's synthetic draw in memory: uint8 images [N,3,S,S], token ids [N,77], prompts."""
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    prompts: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def spec_family(spec: dict) -> str:
+    """What must agree across the pool's sets: the generator spec without task and per-class count."""
+    return spec_hash({k: v for k, v in spec.items() if k not in ("task", "per_class")})[:16]
+
+
+def find_pool_sets(root: Path, tasks: Sequence[str], family: str | None = None) -> dict[str, Path]:
+    """The set of each pool task, all made with one generator spec; clear errors otherwise."""
+    by_family: dict[str, dict[str, Path]] = {}
+    for path in find_sets(Path(root)):
+        manifest = load_manifest(path)
+        if manifest["task"] in tasks:
+            by_family.setdefault(spec_family(manifest["spec"]), {})[manifest["task"]] = path
+    if family is not None:
+        by_family = {f: s for f, s in by_family.items() if f == family}
+    complete = {f: s for f, s in by_family.items() if all(t in s for t in tasks)}
+    if len(complete) == 1:
+        return next(iter(complete.values()))
+    if len(complete) > 1:
+        listing = "; ".join(f"{f}: {load_manifest(next(iter(s.values())))['spec']['model']}" for f, s in complete.items())
+        raise ShardSetError(f"shard sets under {root} come from several generator specs ({listing}); "
+                            "choose one with --shard-family")
+    best = max(by_family.values(), key=len, default={})
+    missing = [t for t in tasks if t not in best]
+    hint = " ; ".join(f"make generate TASK={t}" for t in missing)
+    raise ShardSetError(f"no shard set under {root} for {', '.join(missing)} (made with the same generator spec as "
+                        f"the other pool sets); render them first: {hint}")
+
+
+def verify_pool(sets: dict[str, Path]) -> None:
+    """Checksums of every pool set (once per run): a corrupt or incomplete set stops training before it starts."""
+    for task, path in sets.items():
+        report = verify_set(path, deep=False)
+        if not report.ok:
+            raise ShardSetError(f"shard set of {task} at {path} is not usable: {'; '.join(report.problems)}")
+
+
+def class_images(sets: dict[str, Path]) -> dict[tuple[str, int], list[SampleRef]]:
+    """(task, class index) -> its stored samples, in plan order (flagged ones excluded)."""
+    out: dict[tuple[str, int], list[SampleRef]] = {}
+    for task, path in sets.items():
+        manifest = load_manifest(path)
+        for shard in manifest["shards"]:
+            for row in read_rows(parquet_path(path, shard["index"])):
+                if row["status"] == "ok":
+                    out.setdefault((task, row["class_index"]), []).append(SampleRef(task, shard["index"], row["key"]))
+    return out
+
+
+def draw_schedule(order: Sequence[str], base: str, images: dict[tuple[str, int], list[SampleRef]],
+                  budget: int, seed: int) -> list[list[SampleRef]]:
+    """The synthetic draw of every task of ``order`` (task 1 replays only the base pool).
+
+    Classes uniformly with replacement over the pool; per class, a seeded shuffle of its images consumed in
+    turn across the whole run (unused images first), reshuffled when exhausted.
+    """
+    rng = np.random.default_rng(seed)
+    queues: dict[tuple[str, int], list[SampleRef]] = {}
+    schedule = []
+    pool = [base]
+    for task in order:
+        classes = [(t, c) for t in pool for c in range(catalog.get_task(t).num_classes) if images.get((t, c))]
+        picks = rng.integers(len(classes), size=budget)
+        drawn = []
+        for k in picks:
+            cls = classes[k]
+            if not queues.get(cls):
+                queues[cls] = [images[cls][i] for i in rng.permutation(len(images[cls]))]
+            drawn.append(queues[cls].pop(0))
+        schedule.append(drawn)
+        pool.append(task)
+    return schedule
+
+
+def load_draw(sets: dict[str, Path], refs: Sequence[SampleRef], transform, tokenizer) -> SyntheticBatchSource:
+    """Decode and preprocess the drawn samples once (each shard read once), in draw order."""
+    wanted: dict[tuple[str, int], set[str]] = {}
+    for ref in refs:
+        wanted.setdefault((ref.task, ref.shard), set()).add(ref.key)
+    decoded: dict[str, tuple[torch.Tensor, str]] = {}
+    for (task, shard), keys in sorted(wanted.items()):
+        for sample in iter_shard(tar_path(sets[task], shard)):
+            if sample.key in keys:
+                decoded[sample.key] = (transform(sample.pil()), sample.meta["prompt"])
+    prompts = [decoded[r.key][1] for r in refs]
+    return SyntheticBatchSource(torch.stack([decoded[r.key][0] for r in refs]), tokenizer(prompts), prompts)
