@@ -16,9 +16,12 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from cli.data_cmd import data_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="GIFT: continual CLIP fine-tuning with Stable Diffusion replay.")
 shards_app = typer.Typer(no_args_is_help=True, help="Inspect, verify and preview shard sets.")
 app.add_typer(shards_app, name="shards")
+app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 out = Console()
 
