@@ -15,14 +15,20 @@ STEPS ?= 50
 GUIDANCE ?= 7.5
 BATCH ?= 16
 GPUS ?= 1
+# train
+ORDER ?= II
+METHOD ?= gift
+DATA ?= data
+TRAIN_ARGS ?=
 GEN_ARGS = --model $(MODEL) --out $(OUT) --steps $(STEPS) --guidance $(GUIDANCE) --batch-size $(BATCH) --gpus $(GPUS) \
            $(if $(PER_CLASS),--per-class $(PER_CLASS))
 
-.PHONY: help install test lint demo generate tasks shards-ls verify bench-generate clean-demo
+.PHONY: help install test lint demo generate tasks shards-ls verify train data-check bench-generate clean-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "  variables: TASK=$(TASK) MODEL=$(MODEL) OUT=$(OUT) PER_CLASS=<per task> STEPS=$(STEPS) GUIDANCE=$(GUIDANCE) BATCH=$(BATCH) GPUS=$(GPUS)"
+	@echo "  generate: TASK=$(TASK) MODEL=$(MODEL) OUT=$(OUT) PER_CLASS=<per task> STEPS=$(STEPS) GUIDANCE=$(GUIDANCE) BATCH=$(BATCH) GPUS=$(GPUS)"
+	@echo "  train:    ORDER=$(ORDER) METHOD=$(METHOD) DATA=$(DATA) OUT=$(OUT) TRAIN_ARGS='$(TRAIN_ARGS)'"
 
 $(BIN)/gift: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -52,6 +58,12 @@ shards-ls: $(BIN)/gift ## List the shard sets under OUT
 
 verify: $(BIN)/gift ## Verify every set under OUT (checksums and every sample)
 	@set -e; for m in $(OUT)/*/*/manifest.json; do $(GIFT) shards verify $$(dirname $$m); done
+
+train: $(BIN)/gift ## Continual fine-tuning over ORDER (I|II|mini) with METHOD, data from DATA, sets from OUT
+	$(GIFT) train --order $(ORDER) --method $(METHOD) --data-root $(DATA) --shards $(OUT) $(TRAIN_ARGS)
+
+data-check: $(BIN)/gift ## Which MTIL datasets are present under DATA, and how to get the missing ones
+	$(GIFT) data check --data-root $(DATA)
 
 bench-generate: $(BIN)/gift ## Generation throughput and write overhead -> BENCHMARKS.md
 	$(BIN)/python -m pipeline.bench_generate --out BENCHMARKS.md

@@ -41,7 +41,8 @@ class OnOff(str, Enum):
 def _setup_logging() -> None:
     rank = os.environ.get("RANK")
     fmt = f"[rank {rank}] %(message)s" if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else "%(message)s"
-    logging.basicConfig(level=logging.INFO, format=fmt, handlers=[RichHandler(console=console, show_path=False)], force=True)
+    logging.basicConfig(level=logging.WARNING, format=fmt, handlers=[RichHandler(console=console, show_path=False)], force=True)
+    logging.getLogger("gift").setLevel(logging.INFO)  # ours at INFO; libraries (open_clip logs to root) at WARNING
     for noisy in ("httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     import diffusers
@@ -255,24 +256,115 @@ def shards_preview(
     out.print(f"wrote {out_file} ({shown} samples)")
 
 
+class TrainProgress:
+    """pipeline.train.Progress as a rich bar per task with the loss terms and steps/s."""
+
+    def __init__(self):
+        self.bar = None
+
+    def start_task(self, index: int, task: str, steps: int) -> None:
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[losses]}"),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+        self.bar.start()
+        self.task = self.bar.add_task(f"task {index + 1}: {task}", total=steps, losses="")
+
+    def step(self, losses: dict[str, float]) -> None:
+        speed = self.bar.tasks[0].speed
+        text = " ".join(f"{k} {v:.3f}" for k, v in losses.items()) + (f"  {speed:.1f} it/s" if speed else "")
+        self.bar.update(self.task, advance=1, losses=text)
+
+    def end_task(self) -> None:
+        self.bar.stop()
+
+    def evaluated(self, index: int, task: str, row: list[float]) -> None:
+        out.print(f"[bold]after task {index + 1} ({task})[/]: " + "  ".join(f"{a:.1f}" for a in row)
+                  + f"   mean {sum(row) / len(row):.1f}")
+
+
 @app.command()
-def demo(
-    out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Where the demo's shard sets and previews go."),
-    steps: int = typer.Option(20, help="Denoising steps of the tiny model."),
+def train(
+    order: str = typer.Option("II", help="Task order: I, II (MTIL) or mini (scikit-learn images, for demos/tests)."),
+    method: str = typer.Option("gift", help="gift | finetune | l2 | zeroshot."),
+    name: str = typer.Option(None, help="Run directory name under --runs (default: <method>-order<order>)."),
+    runs: Path = typer.Option(Path("runs"), help="Where run directories go."),
+    data_root: Path = typer.Option(None, help="Folder holding the MTIL datasets (see `gift data check`)."),
+    shards: Path = typer.Option(Path("shards-out"), help="Root of the rendered shard sets (stage 1's --out)."),
+    shard_family: str = typer.Option(None, help="Which generator spec's sets to use when several are present."),
+    clip: str = typer.Option("ViT-B-16", help="open_clip architecture, or `tiny`."),
+    clip_weights: str = typer.Option("openai", help="`openai` (from the HF cache), a checkpoint file, or `none`."),
+    iterations: int = typer.Option(1000, help="Steps per task."),
+    batch_size: int = typer.Option(64, help="Real images per step."),
+    synthetic_batch: int = typer.Option(64, help="Synthetic image-text pairs per step."),
+    synthetic_budget: int = typer.Option(1000, help="Synthetic images drawn per task from the pool."),
+    lr: float = typer.Option(None, help="Base learning rate (default: 5e-5 aircraft/mnist, 1e-5 other MTIL tasks, 1e-3 mini)."),
+    warmup: int = typer.Option(100, help="Linear warm-up steps before the cosine schedule."),
+    seed: int = typer.Option(0, help="Seed of every task's RNGs and of the synthetic draw."),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 (autocast)."),
+    workers: int = typer.Option(4, help="Data-loader workers for the real data."),
+    cd: bool = typer.Option(True, "--cd/--no-cd", help="GIFT: contrastive distillation."),
+    ita: bool = typer.Option(True, "--ita/--no-ita", help="GIFT: image-text alignment."),
+    awc: bool = typer.Option(True, "--awc/--no-awc", help="GIFT: adaptive weight consolidation."),
+    beta: float = typer.Option(0.25, help="GIFT: ITA scale (on each direction)."),
+    lam: float = typer.Option(1.0, help="GIFT: AWC weight λ."),
+    teacher: str = typer.Option("last", help="GIFT: last | initial | wise:x."),
+    distill: str = typer.Option("contrastive", help="GIFT: contrastive | feature | image-only | text-only."),
+    ita_target: str = typer.Option("code", help="GIFT: code (smoothing 0.2, shared duplicate positives) | paper (identity)."),
+    fisher_norm: bool = typer.Option(True, "--fisher-norm/--no-fisher-norm", help="GIFT: per-tensor normalised Fisher."),
+    device: str = typer.Option(None, help="cuda | cpu (default: cuda when present)."),
 ) -> None:
-    """The pipeline on tiny built-in models on CPU: render two tasks, verify them, write contact sheets."""
+    """Continual fine-tuning over an order, evaluating every dataset after each task; resumable."""
     _setup_logging()
     import torch
 
+    from pipeline.models import ClipNotFoundError
+    from pipeline.mtil_data import DatasetMissingError
+    from pipeline.train import NonFiniteLossError, TrainConfig
+    from pipeline.train import train as run_train
+
+    config = TrainConfig(
+        order=order, method=method, name=name, runs=str(runs), data_root=str(data_root) if data_root else None,
+        shards=str(shards), shard_family=shard_family, clip_arch=clip, clip_weights=clip_weights,
+        iterations=iterations, batch_size=batch_size, synthetic_batch=synthetic_batch,
+        synthetic_budget=synthetic_budget, lr=lr, warmup=warmup, seed=seed, precision=precision, workers=workers,
+        cd=cd, ita=ita, awc=awc, beta=beta, lam=lam, teacher=teacher, distill=distill, ita_target=ita_target,
+        fisher_norm=fisher_norm,
+    )
+    with _clean_errors():
+        try:
+            run_dir = run_train(config, TrainProgress(), torch.device(device) if device else None)
+        except (ClipNotFoundError, DatasetMissingError, NonFiniteLossError) as e:
+            raise ValueError(str(e)) from e
+    out.print(f"[green]done[/]: {run_dir}/results.md")
+    out.print((run_dir / "results.md").read_text())
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Where the demo's shard sets, runs and previews go."),
+    iterations: int = typer.Option(200, help="Training steps per mini task."),
+) -> None:
+    """The whole pipeline on CPU with tiny models: render, verify, train finetune and GIFT on `mini`, report."""
+    _setup_logging()
+    import torch
+
+    from pipeline import mini
     from pipeline.generate import generate, resolve_spec
+    from pipeline.metrics import summarize
+    from pipeline.train import TrainConfig
+    from pipeline.train import train as run_train
     from shards.preview import contact_sheet
     from shards.verify import verify_set
 
     cpu = torch.device("cpu")
     with _clean_errors():
-        for task in ("eurosat", "mnist"):
-            spec = resolve_spec(task, model="tiny", steps=steps, device=cpu)
-            progress = RichProgress(f"generate {task} (tiny)", enabled=True)
+        # Stage 1: the tiny SD pipeline renders a real task; the mini pool sets come from held-out real images.
+        reference = mini.export_reference(out_dir / "mini-reference")
+        jobs = [("eurosat", "tiny", None)] + [(t, f"reference:{reference}", 32) for t in ("mini-base", "mini-a", "mini-b")]
+        for task, model, size in jobs:
+            spec = resolve_spec(task, model=model, per_class=4 if model == "tiny" else 16, steps=20, size=size,
+                                device=cpu)
+            progress = RichProgress(f"generate {task}", enabled=True)
             try:
                 result = generate(spec, out_dir / "shards", device=cpu, progress=progress)
             finally:
@@ -280,11 +372,25 @@ def demo(
             report = verify_set(result.set_path)
             if not report.ok:
                 raise ValueError("; ".join(report.problems))
-            sheet = out_dir / f"preview-{task}.png"
-            contact_sheet(result.set_path, sheet, n=8, columns=4)
-            out.print(f"[green]verified[/] {result.set_path} ({report.samples} images); preview: {sheet}")
-    shards_ls(out_dir / "shards")
-    out.print("Stage 2 (training on these sets) is not built yet; this demo grows with it.")
+        sheet = out_dir / "preview-eurosat.png"
+        contact_sheet(next((out_dir / "shards" / "eurosat").iterdir()), sheet, n=8, columns=4)
+        shards_ls(out_dir / "shards")
+        # Stage 2: a tiny CLIP "pre-trained" on mini-base, then continual fine-tuning over mini-a, -b, -c.
+        weights = mini.pretrain_tiny_clip(out_dir / "tiny-clip-pretrained.safetensors")
+        summaries = {}
+        for method in ("finetune", "gift"):
+            config = TrainConfig(order="mini", method=method, runs=str(out_dir / "runs"), shards=str(out_dir / "shards"),
+                                 clip_arch="tiny", clip_weights=str(weights), iterations=iterations, batch_size=32,
+                                 synthetic_batch=32, synthetic_budget=96, warmup=10, workers=0)
+            run_dir = run_train(config, TrainProgress(), cpu)
+            import numpy as np
+
+            summaries[method] = (summarize(np.load(run_dir / "acc_matrix.npy"), ["mini-a", "mini-b", "mini-c"]), run_dir)
+    table = Table("method", "Transfer", "Avg.", "Last", "run")
+    for method, (s, run_dir) in summaries.items():
+        table.add_row(method, f"{s.transfer:.1f}", f"{s.avg:.1f}", f"{s.last:.1f}", f"{run_dir}/results.md")
+    out.print(table)
+    out.print(f"contact sheet of the tiny SD renders: {sheet}")
 
 
 def main() -> None:
