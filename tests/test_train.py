@@ -1,0 +1,136 @@
+"""Stage 2 on the `mini` benchmark: real images, a tiny CLIP "pre-trained" on mini-base, replay sets rendered by
+the `reference` generator (real held-out images of each class), the real training loop and CLI."""
+
+import json
+import math
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import mini
+from pipeline.generate import generate, resolve_spec
+from pipeline.train import NonFiniteLossError, RunDirError, TrainConfig, lr_at, train
+from shards.errors import ShardSetError
+from tests.conftest import ROOT, gift_cmd, run_gift
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mini")
+    reference = mini.export_reference(root / "reference")
+    for task in ("mini-base", "mini-a", "mini-b"):
+        spec = resolve_spec(task, model=f"reference:{reference}", per_class=16, size=32, device=CPU)
+        generate(spec, root / "shards", device=CPU)
+    weights = mini.pretrain_tiny_clip(root / "tiny-clip.safetensors")
+    return root, weights
+
+
+def mini_config(workspace, **kw) -> TrainConfig:
+    root, weights = workspace
+    base = dict(order="mini", runs=str(root / "runs"), shards=str(root / "shards"), clip_arch="tiny",
+                clip_weights=str(weights), batch_size=32, synthetic_batch=32, synthetic_budget=96, warmup=10, workers=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def cli_args(workspace, *extra) -> list[str]:
+    root, weights = workspace
+    return ["train", "--order", "mini", "--runs", root / "runs", "--shards", root / "shards", "--clip", "tiny",
+            "--clip-weights", weights, "--batch-size", "32", "--synthetic-batch", "32", "--synthetic-budget", "96",
+            "--warmup", "10", "--workers", "0", "--device", "cpu", *extra]
+
+
+def test_lr_schedule_by_hand():
+    # warm-up: base·(s+1)/100; then base·½(1+cos(π(s−100)/900))
+    assert lr_at(0, 1e-5, 100, 1000) == pytest.approx(1e-7)
+    assert lr_at(99, 1e-5, 100, 1000) == pytest.approx(1e-5)
+    assert lr_at(100, 1e-5, 100, 1000) == pytest.approx(1e-5)
+    assert lr_at(550, 1e-5, 100, 1000) == pytest.approx(0.5e-5)
+    assert lr_at(999, 1e-5, 100, 1000) == pytest.approx(1e-5 * 0.5 * (1 + math.cos(math.pi * 899 / 900)))
+
+
+def test_per_dataset_learning_rates_follow_the_reference():
+    config = TrainConfig()
+    assert [config.lr_for(t) for t in ("aircraft", "mnist", "cars", "sun397")] == [5e-5, 5e-5, 1e-5, 1e-5]
+    assert TrainConfig(lr=3e-4).lr_for("aircraft") == 3e-4
+
+
+def test_finetune_forgets_task_one_and_gift_forgets_clearly_less(workspace):
+    acc = {}
+    for method in ("finetune", "gift"):
+        run_dir = train(mini_config(workspace, method=method, iterations=200), device=CPU)
+        acc[method] = np.load(run_dir / "acc_matrix.npy")
+        assert {"results.md", "acc_matrix.csv", "acc_matrix.png", "curves.png", "state.json"} <= {
+            p.name for p in run_dir.iterdir()}
+    drop = {m: a[0, 0] - a[1, 0] for m, a in acc.items()}  # task-1 accuracy lost by training task 2
+    print("task-1 accuracy after task 1 / after task 2:",
+          {m: (round(a[0, 0], 1), round(a[1, 0], 1), round(a[2, 0], 1)) for m, a in acc.items()})
+    assert acc["finetune"][0, 0] > 90 and acc["gift"][0, 0] > 75  # both learn task 1
+    assert drop["finetune"] > 15  # continual fine-tuning visibly forgets
+    assert drop["gift"] < drop["finetune"] - 15  # GIFT forgets clearly less
+    assert acc["gift"][2].mean() > acc["finetune"][2].mean() + 15  # and ends far better on average
+
+
+def test_killed_run_resumes_to_exactly_the_uninterrupted_matrix(workspace):
+    root, _ = workspace
+    args = cli_args(workspace, "--method", "gift", "--iterations", "25")
+    r = run_gift(*args, "--name", "whole")
+    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen(gift_cmd(*args, "--name", "killed"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state = root / "runs" / "killed" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["finished"] >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads(state.read_text())["finished"] == 1, "kill the run during task 2"
+    r = run_gift(*args, "--name", "killed")
+    assert r.returncode == 0, r.stderr
+    whole = np.load(root / "runs" / "whole" / "acc_matrix.npy")
+    resumed = np.load(root / "runs" / "killed" / "acc_matrix.npy")
+    assert whole.shape == (3, 3) and np.array_equal(whole, resumed)
+    assert len(list((root / "runs" / "killed").glob("checkpoint-*.safetensors"))) == 1
+
+
+def test_zeroshot_rows_are_the_initial_model(workspace):
+    run_dir = train(mini_config(workspace, method="zeroshot", name="zs"), device=CPU)
+    acc = np.load(run_dir / "acc_matrix.npy")
+    assert acc.shape == (3, 3) and (acc == acc[0]).all()
+
+
+def test_a_run_directory_is_never_reused_for_another_config(workspace):
+    train(mini_config(workspace, method="finetune", iterations=2, name="fixed"), device=CPU)
+    with pytest.raises(RunDirError, match="differs in: iterations"):
+        train(mini_config(workspace, method="finetune", iterations=3, name="fixed"), device=CPU)
+
+
+def test_missing_pool_set_names_the_generate_command(workspace, tmp_path):
+    root, _ = workspace
+    (tmp_path / "mini-base").symlink_to(root / "shards" / "mini-base", target_is_directory=True)
+    with pytest.raises(ShardSetError, match="make generate TASK=mini-a"):
+        train(mini_config(workspace, method="gift", shards=str(tmp_path), name="nopool"), device=CPU)
+    assert not (root / "runs" / "nopool").exists()  # checked before the run directory is made
+
+
+def test_non_finite_loss_stops_and_names_the_term(workspace):
+    with pytest.raises(NonFiniteLossError, match=r"(ce|cd|ita|awc).* became non-finite at task 1 \(mini-a\)"):
+        train(mini_config(workspace, method="gift", lr=1e12, warmup=1, iterations=20, name="nan"), device=CPU)
+    root, _ = workspace
+    assert not list((root / "runs" / "nan").glob("checkpoint-*"))  # nothing half-trained saved as finished
+
+
+def test_cli_bad_input(workspace):
+    r = run_gift(*cli_args(workspace, "--method", "icarl"))
+    assert r.returncode == 2 and "unknown method 'icarl'; choose one of zeroshot, finetune, l2, gift" in r.stderr
+    r = run_gift(*cli_args(workspace, "--order", "III"))
+    assert r.returncode == 2 and "unknown order 'III'" in r.stderr
+    r = run_gift("train", "--order", "I", "--clip", "tiny", "--clip-weights", "none", "--data-root", "/nonexistent")
+    assert r.returncode == 2 and "fgvc-aircraft-2013b" in " ".join(r.stderr.split())
