@@ -26,7 +26,9 @@ def zeroshot_head(model: nn.Module, task: Task, tokenizer, device: torch.device)
     return nn.functional.normalize(feats, dim=-1)
 
 
-class _Transformed(Dataset):
+class Transformed(Dataset):
+    """A (image, label) dataset with ``transform`` applied to the image."""
+
     def __init__(self, base, transform: Callable):
         self.base, self.transform = base, transform
 
@@ -48,7 +50,7 @@ class TestSet:
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._images is None:
-            loader = DataLoader(_Transformed(self.dataset, self.transform), batch_size=self.batch_size,
+            loader = DataLoader(Transformed(self.dataset, self.transform), batch_size=self.batch_size,
                                 num_workers=self.workers)
             images, labels = zip(*loader, strict=True)
             self._images, self._labels = torch.cat(images), torch.cat(labels)

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from shards.layout import atomic_write_bytes
 
 from . import catalog, mini
-from .evaluate import TestSet, evaluate_order
+from .evaluate import TestSet, Transformed, evaluate_order
 from .losses import classification_loss
 from .methods import SynthBatch, TaskContext, get_method
 from .models import (
@@ -128,18 +128,6 @@ def task_dataset(task: str, split: str, data_root: str | None) -> Dataset:
     from . import mtil_data
 
     return mtil_data.load_split(task, data_root, split)
-
-
-class _TransformView(Dataset):
-    def __init__(self, base: Dataset, transform):
-        self.base, self.transform = base, transform
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i):
-        image, label = self.base[i]
-        return self.transform(image), label
 
 
 class Progress:
@@ -246,7 +234,7 @@ def _train_task(config, index, task, model, initial_state, method, dataset, synt
     ctx = TaskContext(index, task, model, initial_state, config, device, params,
                       [p.detach().clone() for p in params] if method.uses_anchor else [])
     method.begin_task(ctx)
-    loader = DataLoader(_TransformView(dataset, train_transform(size)), batch_size=config.batch_size, shuffle=True,
+    loader = DataLoader(Transformed(dataset, train_transform(size)), batch_size=config.batch_size, shuffle=True,
                         drop_last=len(dataset) >= config.batch_size, generator=generator,
                         num_workers=config.workers if task not in catalog.MINI_TASKS else 0)
     real = _cycle(loader)
