@@ -271,7 +271,8 @@ def generate(
     dist = Dist.from_env()
     device = device or default_device()
     progress = progress or Progress()
-    if dist.world > 1 and not torch.distributed.is_initialized():
+    own_group = dist.world > 1 and not torch.distributed.is_initialized()
+    if own_group:
         # gloo only coordinates (barriers); rendering never communicates. The long timeout lets ranks
         # that finish early wait for the slowest one.
         torch.distributed.init_process_group("gloo", timeout=timedelta(hours=72))
@@ -314,6 +315,8 @@ def generate(
     dist.barrier()
     if dist.rank == 0:
         result.manifest = _update_manifest(set_path, spec, len(shards), len(rows), versions)
+    if own_group:
+        torch.distributed.destroy_process_group()
     return result
 
 
