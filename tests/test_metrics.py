@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from pipeline import catalog
 from pipeline.metrics import Summary, summarize
 
 NAMES3 = ["a", "b", "c"]
@@ -19,19 +20,7 @@ A3 = np.array(
     ]
 )
 
-ORDER_I = [
-    "aircraft",
-    "caltech101",
-    "cifar100",
-    "dtd",
-    "eurosat",
-    "flowers",
-    "food",
-    "mnist",
-    "oxford_pet",
-    "cars",
-    "sun397",
-]
+ORDER_I = catalog.orders()["I"]
 
 
 def formula_11() -> np.ndarray:

@@ -11,28 +11,9 @@ from PIL import Image
 
 from pipeline import report
 from pipeline.report import PUBLISHED, WARN_MARK, ZERO_SHOT_ORDER_I, write_report
+from tests.test_metrics import A3, NAMES3, ORDER_I
 
-NAMES3 = ["a", "b", "c"]
-A3 = np.array(
-    [
-        [90.0, 40.0, 30.0],
-        [85.0, 92.0, 36.0],
-        [80.0, 88.0, 95.0],
-    ]
-)
-ORDER_I = [
-    "aircraft",
-    "caltech101",
-    "cifar100",
-    "dtd",
-    "eurosat",
-    "flowers",
-    "food",
-    "mnist",
-    "oxford_pet",
-    "cars",
-    "sun397",
-]
+# The hand-checked 3x3 matrix of the metrics tests, and Order I's datasets.
 KEYS = {"csv", "npy", "md", "heatmap", "curves"}
 
 
