@@ -108,15 +108,16 @@ def lr_at(step: int, base: float, warmup: int, total: int) -> float:
 
 
 class _Images(Dataset):
-    def __init__(self, images, labels, transform=None):
-        self.images, self.labels, self.transform = images, labels, transform
+    """In-memory (image, label) pairs (the mini tasks)."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i):
-        image = self.images[i]
-        return (self.transform(image) if self.transform else image), self.labels[i]
+        return self.images[i], self.labels[i]
 
 
 def task_dataset(task: str, split: str, data_root: str | None) -> Dataset:
@@ -238,8 +239,8 @@ def _train_task(config, index, task, model, initial_state, method, dataset, synt
                         drop_last=len(dataset) >= config.batch_size, generator=generator,
                         num_workers=config.workers if task not in catalog.MINI_TASKS else 0)
     real = _cycle(loader)
-    class_tokens = tokenize([catalog.get_task(task).prompt(c) for c in range(catalog.get_task(task).num_classes)])
-    class_tokens = class_tokens.to(device)
+    spec = catalog.get_task(task)
+    class_tokens = tokenize([spec.prompt(c) for c in range(spec.num_classes)]).to(device)
     base_lr = config.lr_for(task)
     optimizer = torch.optim.AdamW(params, lr=base_lr, betas=(0.9, 0.999), weight_decay=config.weight_decay,
                                   fused=device.type == "cuda")
