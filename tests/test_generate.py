@@ -79,7 +79,9 @@ def test_killed_run_resumes_to_the_same_bytes(reference_set, tmp_path):
 def test_ctrl_c_stops_cleanly_and_resumes(reference_set, tmp_path):
     proc = subprocess.Popen(gift_cmd(*ARGS, "--out", tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    while not list(tmp_path.glob("*/*/.*.tmp-*")) and proc.poll() is None:
+    # wait for a shard being written (not the manifest's temporary file: SIGINT while the model loads
+    # rightly removes the still-empty set)
+    while not list(tmp_path.glob("*/*/.*.tar.tmp-*")) and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
