@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -36,6 +35,7 @@ from shards.verify import check_shard
 from shards.writer import ShardWriter
 
 from . import catalog
+from .dist import Dist
 from .generators import (
     DTYPES,
     SCHEDULERS,
@@ -237,20 +237,6 @@ class GenerateResult:
     write_seconds: float = 0.0  # encoding, hashing, tar and parquet writing
 
 
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def from_env(cls) -> Dist:
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-
 def generate(
     spec: GenerateSpec,
     out: str | os.PathLike,
@@ -271,11 +257,9 @@ def generate(
     dist = Dist.from_env()
     device = device or default_device()
     progress = progress or Progress()
-    own_group = dist.world > 1 and not torch.distributed.is_initialized()
-    if own_group:
-        # gloo only coordinates (barriers); rendering never communicates. The long timeout lets ranks
-        # that finish early wait for the slowest one.
-        torch.distributed.init_process_group("gloo", timeout=timedelta(hours=72))
+    # gloo only coordinates (barriers); rendering never communicates. The long timeout lets ranks that
+    # finish early wait for the slowest one.
+    own_group = dist.init(torch.device("cpu"))
 
     set_path = set_dir(out, spec.task, spec.hash)
     rows = plan(spec)

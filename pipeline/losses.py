@@ -85,9 +85,16 @@ def add_awc_gradient(params: list[torch.Tensor], anchors: list[torch.Tensor], fi
     ``fisher_grads`` are the gradients of α·CD + β·ITA from this step (copied before the CE backward).
     Returns the penalty value λ·Σ F·(θ−θ₀)² as a 0-d tensor (for logging). Fused multi-tensor ops throughout.
     """
-    diff = torch._foreach_sub(params, anchors)
     fisher = torch._foreach_mul(fisher_grads, fisher_grads)
     torch._foreach_mul_(fisher, scales)
+    return add_fisher_gradient(params, anchors, fisher, lam)
+
+
+@torch.no_grad()
+def add_fisher_gradient(params: list[torch.Tensor], anchors: list[torch.Tensor], fisher: list[torch.Tensor],
+                        lam: float) -> torch.Tensor:
+    """Add ∇[λ·Σ F·(θ−θ₀)²] = 2λ·F·(θ−θ₀) to ``param.grad`` for a given F; returns the penalty value."""
+    diff = torch._foreach_sub(params, anchors)
     weighted = torch._foreach_mul(fisher, diff)  # F·(θ−θ₀)
     torch._foreach_add_([p.grad for p in params], weighted, alpha=2.0 * lam)
     terms = torch._foreach_mul(weighted, diff)  # F·(θ−θ₀)² ≥ 0, so each tensor's sum is its L1 norm

@@ -51,11 +51,18 @@ def spec_family(spec: dict) -> str:
     return spec_hash({k: v for k, v in spec.items() if k not in ("task", "per_class")})[:16]
 
 
-def find_pool_sets(root: Path, tasks: Sequence[str], family: str | None = None) -> dict[str, Path]:
-    """The set of each pool task, all made with one generator spec; clear errors otherwise."""
+def find_pool_sets(root: Path, tasks: Sequence[str], family: str | None = None,
+                   generator: str | None = None) -> dict[str, Path]:
+    """The set of each pool task, all made with one generator spec; clear errors otherwise.
+
+    ``family`` picks one spec family by hash; ``generator`` keeps the sets of one generator (``sd15``, ``tiny``,
+    or ``reference``: real images, the paper's "real instead of synthetic" ablation).
+    """
     by_family: dict[str, dict[str, Path]] = {}
     for path in find_sets(Path(root)):
         manifest = load_manifest(path)
+        if generator is not None and manifest["spec"].get("generator") != generator:
+            continue
         if manifest["task"] in tasks:
             by_family.setdefault(spec_family(manifest["spec"]), {})[manifest["task"]] = path
     if family is not None:

@@ -29,7 +29,9 @@ class Sample:
 
 def iter_shard(path: Path) -> Iterator[Sample]:
     """Samples of one tar in stored order; raises on a truncated or malformed tar."""
-    dataset = wds.WebDataset(str(path), shardshuffle=False, empty_check=False, handler=wds.reraise_exception)
+    # exactly this tar, whole, whatever process or loader worker reads it: no node or worker splitting
+    dataset = wds.WebDataset(str(path), shardshuffle=False, empty_check=False, handler=wds.reraise_exception,
+                             nodesplitter=None, workersplitter=None)
     for raw in dataset:
         ext = next((e for e in IMAGE_EXTS if e in raw), None)
         if ext is None or "json" not in raw:

@@ -38,3 +38,37 @@ def only_set(root: Path) -> Path:
 def _offline(monkeypatch):
     # Nothing in the suite may reach a model hub.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory):
+    """The `mini` benchmark's pool rendered by the `reference` generator and a tiny CLIP pre-trained on mini-base."""
+    import torch
+
+    from pipeline import mini
+    from pipeline.generate import generate, resolve_spec
+
+    CPU = torch.device("cpu")
+    root = tmp_path_factory.mktemp("mini")
+    reference = mini.export_reference(root / "reference")
+    for task in ("mini-base", "mini-a", "mini-b"):
+        spec = resolve_spec(task, model=f"reference:{reference}", per_class=16, size=32, device=CPU)
+        generate(spec, root / "shards", device=CPU)
+    weights = mini.pretrain_tiny_clip(root / "tiny-clip.safetensors")
+    return root, weights
+
+
+def mini_config(workspace, **kw):
+    from pipeline.train import TrainConfig
+
+    root, weights = workspace
+    base = dict(order="mini", runs=str(root / "runs"), shards=str(root / "shards"), clip_arch="tiny",
+                clip_weights=str(weights), batch_size=32, synthetic_batch=32, synthetic_budget=96, warmup=10, workers=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def cli_args(workspace, *extra) -> list[str]:
+    root, weights = workspace
+    return ["train", "--order", "mini", "--runs", root / "runs", "--shards", root / "shards", "--clip", "tiny",
+            "--clip-weights", weights, "--batch-size", "32", "--synthetic-batch", "32", "--synthetic-budget", "96",
+            "--warmup", "10", "--workers", "0", "--device", "cpu", *extra]

@@ -12,37 +12,11 @@ import pytest
 import torch
 
 from pipeline import mini
-from pipeline.generate import generate, resolve_spec
 from pipeline.train import NonFiniteLossError, RunDirError, TrainConfig, lr_at, train
 from shards.errors import ShardSetError
-from tests.conftest import ROOT, gift_cmd, run_gift
+from tests.conftest import ROOT, cli_args, gift_cmd, mini_config, run_gift
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mini")
-    reference = mini.export_reference(root / "reference")
-    for task in ("mini-base", "mini-a", "mini-b"):
-        spec = resolve_spec(task, model=f"reference:{reference}", per_class=16, size=32, device=CPU)
-        generate(spec, root / "shards", device=CPU)
-    weights = mini.pretrain_tiny_clip(root / "tiny-clip.safetensors")
-    return root, weights
-
-
-def mini_config(workspace, **kw) -> TrainConfig:
-    root, weights = workspace
-    base = dict(order="mini", runs=str(root / "runs"), shards=str(root / "shards"), clip_arch="tiny",
-                clip_weights=str(weights), batch_size=32, synthetic_batch=32, synthetic_budget=96, warmup=10, workers=0)
-    return TrainConfig(**{**base, **kw})
-
-
-def cli_args(workspace, *extra) -> list[str]:
-    root, weights = workspace
-    return ["train", "--order", "mini", "--runs", root / "runs", "--shards", root / "shards", "--clip", "tiny",
-            "--clip-weights", weights, "--batch-size", "32", "--synthetic-batch", "32", "--synthetic-budget", "96",
-            "--warmup", "10", "--workers", "0", "--device", "cpu", *extra]
 
 
 def test_lr_schedule_by_hand():
@@ -134,3 +108,36 @@ def test_cli_bad_input(workspace):
     assert r.returncode == 2 and "unknown order 'III'" in r.stderr
     r = run_gift("train", "--order", "I", "--clip", "tiny", "--clip-weights", "none", "--data-root", "/nonexistent")
     assert r.returncode == 2 and "fgvc-aircraft-2013b" in " ".join(r.stderr.split())
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+
+    state = json.loads((run_dir / "state.json").read_text())
+    return state["acc"], load_file(run_dir / state["checkpoint"])
+
+
+def test_two_gloo_processes_match_one_process(workspace):
+    """torchrun + DistributedDataParallel (gloo, CPU): each rank holds half of every batch, CD and ITA are
+    computed on the gathered batch, so the weights after a task equal the one-process weights up to float
+    summation order, and the evaluation split across ranks gives the same accuracy matrix."""
+    root, weights = workspace
+    env = {"OMP_NUM_THREADS": "1"}  # the same CPU kernels in both runs
+    args = ("--method", "gift", "--iterations", "4", "--warmup", "2", "--batch-size", "16", "--synthetic-batch", "16")
+    one = run_gift(*cli_args(workspace, *args, "--name", "ddp-1"), env=env)
+    assert one.returncode == 0, one.stderr
+    two = run_gift(*cli_args(workspace, *args, "--name", "ddp-2", "--gpus", "2"), env=env)
+    assert two.returncode == 0, two.stderr
+    from safetensors.torch import load_file
+
+    acc1, w1 = _weights(root / "runs" / "ddp-1")
+    acc2, w2 = _weights(root / "runs" / "ddp-2")
+    start = load_file(weights)
+    trained = max((w1[k] - start[k]).abs().max().item() for k in w1)
+    apart = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    assert trained > 1e-3, trained  # the three tasks really moved the weights
+    assert apart < 1e-4 * trained, (apart, trained)
+    # split evaluation sums the same counts; a test image on a decision boundary may flip with weights that
+    # differ in the last bits: at most one image per entry
+    one_image = [100 / len(mini.load_split(t, "test")[1]) for t in ("mini-a", "mini-b", "mini-c")]
+    assert (np.abs(np.array(acc1) - np.array(acc2)) <= np.array(one_image) + 1e-9).all(), (acc1, acc2)

@@ -1,15 +1,26 @@
 """Continual-learning methods, one small file each, plugged into one loop (see ``base.py``)."""
 
 from .base import Method, SynthBatch, TaskContext
+from .ewc import EWC
 from .finetune import Finetune
 from .gift import Gift
+from .icarl import ICaRL
 from .l2 import L2
+from .lwf import LwF, LwFVR
+from .wise_ft import WiseFT
 from .zeroshot import ZeroShot
+from .zscl import ZSCL
 
 METHODS: dict[str, type[Method]] = {
     "zeroshot": ZeroShot,
     "finetune": Finetune,
     "l2": L2,
+    "lwf": LwF,
+    "lwf-vr": LwFVR,
+    "wise-ft": WiseFT,
+    "zscl": ZSCL,
+    "icarl": ICaRL,
+    "ewc": EWC,
     "gift": Gift,
 }
 

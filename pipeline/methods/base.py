@@ -1,46 +1,82 @@
 """The hook contract between the training loop and a method.
 
-Per task: ``begin_task`` (build teachers, anchors), then every step:
+``check(config)`` runs before anything is created (missing reference data fails early). Per task:
+``begin_task`` (build teachers, anchors, static importances), ``replay_stream`` (what is replayed: by
+default the task's synthetic draw), then every step:
 
-    terms = replay_terms(ctx, synth)      # loss terms on the synthetic batch (may be empty)
-    sum(terms).backward()                 # backward 1 (skipped when empty)
-    after_replay_backward(ctx)            # read this step's replay gradients (AWC's Fisher)
-    CE(real batch).backward()             # backward 2, accumulating into the same .grad
-    adjust_gradients(ctx) -> penalties    # analytic penalty gradients added to .grad (l2, AWC)
-    optimizer.step()
+    terms = replay_terms(ctx, replay.next())   # loss terms on the replayed batch (may be empty)
+    sum(terms).backward()                      # backward 1 (skipped when empty)
+    after_replay_backward(ctx)                 # read this step's replay gradients (AWC's Fisher)
+    CE(real batch).backward()                  # backward 2, accumulating into the same .grad
+    adjust_gradients(ctx) -> penalties         # analytic penalty gradients added to .grad (l2, AWC)
+    optimizer.step(); after_step(ctx, step)    # weight ensembles
 
-and ``end_task`` after the last step (weight averaging, ...). A method is one small class in its own file,
-registered in ``methods/__init__.py``.
+and ``end_task`` after the last step (weight averaging, exemplar selection). A method is one small class in
+its own file, registered in ``methods/__init__.py``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ..dist import Dist
+
 
 @dataclass
 class TaskContext:
-    """What a method may use during task ``index`` of the order."""
+    """What a method may use during task ``index`` of the order.
+
+    Under torchrun every rank holds a share of each batch. Loss terms that couple samples (B×B contrastive
+    matrices) are computed on the whole batch: ``features`` runs the student's forward (through
+    DistributedDataParallel, so the gradients are averaged) and ``gather`` concatenates every rank's rows,
+    differentiably. On one process both are plain calls, so a method is written once for both.
+    """
 
     index: int
     task: str
-    student: nn.Module
+    student: nn.Module  # the bare model (state_dict, teachers); train through ``features``
     initial_state: dict[str, torch.Tensor]  # the original CLIP, on CPU
     config: object  # TrainConfig
     device: torch.device
     params: list[torch.Tensor] = field(default_factory=list)  # trained parameters, in a fixed order
     anchors: list[torch.Tensor] = field(default_factory=list)  # θ(t−1): their values at the task's start
+    dist: Dist = field(default_factory=Dist)
+    forward: Callable[[torch.Tensor | None, torch.Tensor | None], tuple] | None = None
+    synthetic: object | None = None  # the task's synthetic draw (SyntheticBatchSource) for synthetic methods
+    datasets: dict = field(default_factory=dict)  # train split of every task of the order: (PIL image, label)
+    replay_seed: int = 0  # seed of the replay stream (drawn from the task's generator)
+    image_size: int = 224
+    run_dir: Path | None = None
+
+    def features(self, images: torch.Tensor | None, tokens: torch.Tensor | None = None):
+        """Student image and text features (L2-normalised; None for a missing input) of the whole batch, from
+        this rank's share."""
+        img, txt = self.forward(images, tokens) if self.forward else _both(self.student, images, tokens)
+        return (None if img is None else self.gather(img)), (None if txt is None else self.gather(txt))
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dist.gather(x)
+
+
+def _both(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = model(images, tokens)  # open_clip's forward: normalised features, then the logit scale (and bias)
+    return out[0], out[1]
 
 
 @dataclass
 class SynthBatch:
-    images: torch.Tensor  # normalised [B,3,S,S]
-    tokens: torch.Tensor  # [B,77]
-    prompts: list[str]
+    """A replayed batch: this rank's share of images (and tokens), the whole batch's prompts."""
+
+    images: torch.Tensor  # normalised [b,3,S,S]
+    tokens: torch.Tensor | None  # [b,77] (None when a method replays images only)
+    prompts: list[str]  # the whole batch's prompts, in rank order (B of them; empty for images only)
+    labels: torch.Tensor | None = None  # [b] where the images come from a labelled dataset
 
 
 class Method:
@@ -52,7 +88,19 @@ class Method:
     def __init__(self, config) -> None:
         self.config = config
 
+    @classmethod
+    def check(cls, config) -> None:
+        """Validate the method's own inputs and options before the run starts (raise ValueError)."""
+
     def begin_task(self, ctx: TaskContext) -> None: ...
+
+    def replay_stream(self, ctx: TaskContext):
+        """What this method replays each step (an object with ``next() -> SynthBatch``), or None."""
+        if ctx.synthetic is None:
+            return None
+        from ..replay import SyntheticStream
+
+        return SyntheticStream(ctx.synthetic, self.config.synthetic_batch, ctx.replay_seed, ctx.dist, ctx.device)
 
     def replay_terms(self, ctx: TaskContext, synth: SynthBatch) -> dict[str, torch.Tensor]:
         return {}
@@ -61,5 +109,8 @@ class Method:
 
     def adjust_gradients(self, ctx: TaskContext) -> dict[str, torch.Tensor]:
         return {}
+
+    def after_step(self, ctx: TaskContext, step: int) -> None:
+        """After the optimiser's update of ``step`` (0-based)."""
 
     def end_task(self, ctx: TaskContext) -> None: ...

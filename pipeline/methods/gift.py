@@ -58,8 +58,9 @@ class Gift(Method):
     def replay_terms(self, ctx: TaskContext, synth: SynthBatch) -> dict[str, torch.Tensor]:
         cfg = self.config
         with torch.no_grad():
-            t_img, t_txt = encode_images(self.teacher, synth.images), encode_texts(self.teacher, synth.tokens)
-        s_img, s_txt = encode_images(ctx.student, synth.images), encode_texts(ctx.student, synth.tokens)
+            t_img = ctx.gather(encode_images(self.teacher, synth.images))
+            t_txt = ctx.gather(encode_texts(self.teacher, synth.tokens))
+        s_img, s_txt = ctx.features(synth.images, synth.tokens)
         terms = {}
         if cfg.cd:
             if cfg.distill == "feature":

@@ -1,0 +1,80 @@
+"""LwF as the reference code runs it (REFERENCE.md, "Baselines"): the teacher is the previous model; the
+replayed images are the current task's own training images (evaluation transform); the texts are its class
+prompts, encoded once by the teacher. Logits = 100·image features × teacher text features, for the student
+(its image features) and the teacher (its own); distillation on rows and columns, T = 2.
+
+``lwf-vr`` replaces the texts by random 10-token "sentences" (fixed by the seed).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .. import catalog
+from ..losses import contrastive_distillation
+from ..models import encode_images, encode_texts, eval_resize
+from ..models import tokenizer as clip_tokenizer
+from .base import Method, SynthBatch, TaskContext
+
+SOT, EOT, VOCAB = 49406, 49407, 49408  # CLIP's BPE: start / end of text, vocabulary size
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def distill_on_teacher_texts(ctx: TaskContext, teacher, images: torch.Tensor, texts: torch.Tensor, T: float):
+    """CD with the teacher's text features on both sides: S = 100·s_img·textsᵀ, S′ = 100·t_img·textsᵀ."""
+    with torch.no_grad():
+        t_img = ctx.gather(encode_images(teacher, images))
+    s_img, _ = ctx.features(images, None)
+    return contrastive_distillation(s_img, texts, t_img, texts, T=T)
+
+
+def random_sentences(n: int, length: int, seed: int) -> torch.Tensor:
+    """``n`` token sequences [n, 77] of ``length`` random vocabulary ids between start and end tokens."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.zeros(n, 77, dtype=torch.long)
+    tokens[:, 0] = SOT
+    tokens[:, 1 : length + 1] = torch.randint(0, SOT, (n, length), generator=g)
+    tokens[:, length + 1] = EOT
+    return tokens
+
+
+class LwF(Method):
+    name = "lwf"
+
+    def begin_task(self, ctx: TaskContext) -> None:
+        self.teacher = frozen_copy(ctx.student)
+        with torch.no_grad():
+            self.texts = torch.cat([encode_texts(self.teacher, t.to(ctx.device)) for t in self.text_tokens(ctx).split(256)])
+
+    def text_tokens(self, ctx: TaskContext) -> torch.Tensor:
+        spec = catalog.get_task(ctx.task)
+        return clip_tokenizer()([spec.prompt(c) for c in range(spec.num_classes)])
+
+    def replay_stream(self, ctx: TaskContext):
+        from ..replay import ImageStream
+
+        return ImageStream(ctx.datasets[ctx.task], eval_resize(ctx.image_size), self.config.synthetic_batch,
+                           ctx.replay_seed, ctx.dist, ctx.device, workers=_workers(ctx))
+
+    def replay_terms(self, ctx: TaskContext, batch: SynthBatch) -> dict[str, torch.Tensor]:
+        return {"lwf": self.config.alpha * distill_on_teacher_texts(ctx, self.teacher, batch.images, self.texts,
+                                                                    self.config.temperature)}
+
+    def end_task(self, ctx: TaskContext) -> None:
+        del self.teacher, self.texts
+
+
+class LwFVR(LwF):
+    name = "lwf-vr"
+
+    def text_tokens(self, ctx: TaskContext) -> torch.Tensor:
+        return random_sentences(self.config.random_texts, 10, self.config.seed)
+
+
+def _workers(ctx: TaskContext) -> int:
+    return 0 if ctx.task in catalog.MINI_TASKS else ctx.config.workers

@@ -1,0 +1,197 @@
+"""Every baseline's distinctive loss or update against a hand-computed value, then every method end to end on the
+`mini` benchmark (tiny CLIP, real images, the real loop)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.methods import METHODS, TaskContext
+from pipeline.methods.ewc import EWC
+from pipeline.methods.icarl import herding
+from pipeline.methods.lwf import EOT, SOT, distill_on_teacher_texts, frozen_copy, random_sentences
+from pipeline.methods.wise_ft import interpolate_
+from pipeline.methods.zscl import ZSCL, Ensemble
+from pipeline.models import ClipSpec, encode_images, load_clip, tokenizer
+from pipeline.replay import SyntheticStream
+from pipeline.synthetic import SyntheticBatchSource
+from pipeline.train import TrainConfig, train
+from tests.conftest import cli_args, mini_config, run_gift
+
+CPU = torch.device("cpu")
+
+
+def tiny_pair():
+    student = load_clip(ClipSpec("tiny", "none", seed=1))
+    teacher = frozen_copy(student)
+    with torch.no_grad():  # a teacher that differs from the student
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return student, teacher
+
+
+def ctx_for(student, config=None, **kw) -> TaskContext:
+    params = [p for p in student.parameters() if p.requires_grad]
+    return TaskContext(0, "mini-a", student, {}, config or TrainConfig(), CPU, params,
+                       [p.detach().clone() for p in params], **kw)
+
+
+def test_lwf_distils_student_images_against_the_teachers_texts():
+    student, teacher = tiny_pair()
+    images = torch.randn(4, 3, 32, 32)
+    texts = F.normalize(torch.randn(3, 64), dim=-1)  # stand-in teacher text features of 3 prompts
+    loss = distill_on_teacher_texts(ctx_for(student), teacher, images, texts, T=2.0)
+    # by hand: S = 100·s_img·textsᵀ, S′ = 100·t_img·textsᵀ; T²·[H(S′/T rows, S/T rows) + H(columns)]
+    s, t = encode_images(student, images), encode_images(teacher, images).detach()
+    S, St = 100 * s @ texts.T, 100 * t @ texts.T
+    rows = -(torch.softmax(St / 2, 1) * torch.log_softmax(S / 2, 1)).sum(1).mean()
+    cols = -(torch.softmax(St.T / 2, 1) * torch.log_softmax(S.T / 2, 1)).sum(1).mean()
+    assert loss.item() == pytest.approx((4 * (rows + cols)).item(), rel=1e-5)
+    loss.backward()
+    assert all(p.grad is None for p in student.transformer.parameters())  # the student's text tower plays no part
+    assert student.visual.conv1.weight.grad.abs().sum() > 0
+
+
+def test_lwf_vr_random_sentences():
+    tokens = random_sentences(1000, 10, seed=0)
+    assert tokens.shape == (1000, 77)
+    assert (tokens[:, 0] == SOT).all() and (tokens[:, 11] == EOT).all() and (tokens[:, 12:] == 0).all()
+    assert (tokens[:, 1:11] < SOT).all() and len({tuple(r) for r in tokens[:, 1:11].tolist()}) == 1000
+    assert torch.equal(tokens, random_sentences(1000, 10, seed=0))
+    assert not torch.equal(tokens, random_sentences(1000, 10, seed=1))
+    assert (tokens.argmax(dim=1) == 11).all()  # CLIP pools the text feature at the end token
+
+
+def test_wise_ft_interpolation_by_hand():
+    params, anchors = [torch.tensor([2.0, -1.0]), torch.tensor([[10.0]])], [torch.tensor([0.0, 1.0]), torch.tensor([[0.0]])]
+    interpolate_(params, anchors, 0.8)
+    assert params[0].tolist() == pytest.approx([1.6, -0.6]) and params[1].item() == pytest.approx(8.0)
+
+
+def test_zscl_weight_ensemble_after_k_snapshots():
+    p = torch.tensor([0.0, 3.0])
+    ens = Ensemble([p])  # snapshot 1: the task's start
+    for value in ([3.0, 3.0], [6.0, 0.0]):
+        p.copy_(torch.tensor(value))
+        ens.add([p])
+    assert ens.n == 3 and ens.mean[0].tolist() == pytest.approx([3.0, 2.0])  # ((0,3)+(3,3)+(6,0))/3
+    # the method snapshots after every `ensemble_every` steps: 5 steps, every 2 -> after steps 2 and 4
+    z = ZSCL(TrainConfig(ensemble_every=2))
+    q = torch.zeros(1)
+    ctx = ctx_for(load_clip(ClipSpec("tiny", "none")))
+    ctx.params = [q]
+    z.ensemble = Ensemble([q])
+    for step in range(5):
+        q.fill_(step + 1.0)  # the weights after step `step`
+        z.after_step(ctx, step)
+    assert z.ensemble.n == 3 and z.ensemble.mean[0].item() == pytest.approx((0 + 2 + 4) / 3)
+
+
+def test_herding_follows_the_running_mean_not_the_nearest_neighbours():
+    feats = torch.tensor([[0.0], [1.0], [2.0], [10.0]])  # mean 3.25
+    # k=1: 2 is closest to 3.25; k=2: (2+x)/2 closest -> x=1 (1.5); k=3: (3+x)/3 -> x=10 (4.33); then 0
+    assert herding(feats, 4) == [2, 1, 3, 0]
+    assert herding(feats, 2) == [2, 1]  # prefix-consistent: a smaller memory keeps the first exemplars
+    nearest = torch.argsort((feats[:, 0] - 3.25).abs()).tolist()
+    assert nearest == [2, 1, 0, 3]
+
+
+def _synthetic_source(n=8):
+    g = torch.Generator().manual_seed(0)
+    prompts = [f"a photo of a {c}." for c in ("cat", "dog", "ship", "tree")] * (n // 4)
+    return SyntheticBatchSource(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                                tokenizer()(prompts), prompts)
+
+
+def test_ewc_fisher_is_static_during_the_task_and_equals_the_hand_average():
+    student = load_clip(ClipSpec("tiny", "none", seed=2))
+    config = TrainConfig(synthetic_batch=4, ewc_samples=8, teacher="initial")
+    source = _synthetic_source()
+    initial = {k: v.clone() + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+               for k, v in student.state_dict().items()}  # teacher ≠ student, so CD has a gradient too
+    ctx = ctx_for(student, config, synthetic=source, replay_seed=5)
+    ctx.initial_state = initial
+    method = EWC(config)
+    method.begin_task(ctx)
+    # by hand: two batches of 4 from the same seeded stream, F = mean of grad², normalised per tensor
+    stream = SyntheticStream(source, 4, 6, ctx.dist, CPU)
+    acc = [torch.zeros_like(p) for p in ctx.params]
+    for _ in range(2):
+        for p in ctx.params:
+            p.grad = None
+        sum(method.replay_terms(ctx, stream.next()).values()).backward()
+        for a, p in zip(acc, ctx.params, strict=True):
+            a += p.grad**2 / 2
+    for p in ctx.params:
+        p.grad = None
+    expected = [a / a.mean() if a.mean() > 0 else a for a in acc]
+    for f, e in zip(method.fisher, expected, strict=True):
+        torch.testing.assert_close(f, e, rtol=1e-4, atol=1e-12)
+    before = [f.clone() for f in method.fisher]
+    with torch.no_grad():  # a training step moved the weights
+        for p in ctx.params:
+            p.add_(0.01)
+    for p in ctx.params:
+        p.grad = torch.zeros_like(p)
+    sum(method.replay_terms(ctx, stream.next()).values()).backward()
+    method.after_replay_backward(ctx)
+    for p in ctx.params:  # isolate the penalty's gradient
+        p.grad.zero_()
+    penalty = method.adjust_gradients(ctx)["ewc"]
+    assert all(torch.equal(f, b) for f, b in zip(method.fisher, before, strict=True))
+    # the added gradient is 2λ·F·(θ−θ(t−1)) with the static F; the penalty λ·Σ F·(θ−θ(t−1))²
+    diffs = [p.detach() - a for p, a in zip(ctx.params, ctx.anchors, strict=True)]  # ≈ 0.01 everywhere
+    for p, f, d in zip(ctx.params, method.fisher, diffs, strict=True):
+        torch.testing.assert_close(p.grad, 2 * f * d, rtol=1e-5, atol=1e-12)
+    assert penalty.item() == pytest.approx(sum((f * d * d).sum().item() for f, d in zip(method.fisher, diffs)), rel=1e-4)
+
+
+def _captions(workspace):
+    root, _ = workspace
+    path = root / "captions.txt"
+    path.write_text("".join(f"a photo of a {c}.\n" for c in ("digit", "number", "handwritten sign", "photo")))
+    return path
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_the_mini_benchmark(workspace, method):
+    root, _ = workspace
+    extra = {}
+    if method == "zscl":
+        extra = dict(reference_images=str(root / "reference"), reference_texts=str(_captions(workspace)),
+                     ensemble_every=2)
+    if method == "icarl":
+        extra = dict(memory_size=30)
+    config = mini_config(workspace, method=method, name=f"all-{method}", iterations=4, warmup=2, batch_size=16,
+                         synthetic_batch=16, ewc_samples=32, **extra)
+    run_dir = train(config, device=CPU)
+    state = json.loads((run_dir / "state.json").read_text())
+    acc = np.array(state["acc"])
+    assert acc.shape == (3, 3) and ((acc >= 0) & (acc <= 100)).all()
+    logged = set().union(*(json.loads(line).keys() for line in (run_dir / "metrics.jsonl").read_text().splitlines())) \
+        if method != "zeroshot" else set()
+    own = {"lwf": "lwf", "lwf-vr": "lwf", "zscl": "zscl", "icarl": "icarl", "ewc": "ewc", "gift": "awc", "l2": "l2"}
+    if method in own:
+        assert own[method] in logged, logged
+    if method == "icarl":
+        memory = json.loads((run_dir / "icarl-memory-task02.json").read_text())
+        sizes = {t: sum(len(ids) for ids in by_class.values()) for t, by_class in memory.items()}
+        assert set(sizes) == {"mini-a", "mini-b"} and sum(sizes.values()) <= 30
+        # 10 classes seen after two tasks: 3 exemplars each, the first task's cut back from 6
+        assert all(len(ids) == 3 for by_class in memory.values() for ids in by_class.values())
+        first = json.loads((run_dir / "icarl-memory-task01.json").read_text())["mini-a"]
+        assert all(len(ids) == 6 and ids[:3] == memory["mini-a"][c] for c, ids in first.items())
+
+
+def test_zscl_without_reference_data_fails_before_creating_anything(workspace):
+    root, _ = workspace
+    r = run_gift(*cli_args(workspace, "--method", "zscl", "--name", "zscl-missing", "--iterations", "2"))
+    assert r.returncode == 2 and "--reference-texts" in r.stderr + r.stdout
+    assert not (root / "runs" / "zscl-missing").exists()
+    r = run_gift(*cli_args(workspace, "--method", "zscl", "--name", "zscl-missing", "--iterations", "2",
+                           "--reference-texts", _captions(workspace), "--reference-images", root / "nowhere"))
+    assert r.returncode == 2 and "nowhere" in r.stderr + r.stdout
+    assert not (root / "runs" / "zscl-missing").exists()
+
