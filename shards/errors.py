@@ -11,3 +11,7 @@ class CorruptShardError(ShardSetError):
 
 class SpecMismatchError(ShardSetError):
     """A directory holds a set whose spec differs from the one asked for."""
+
+
+class StoreError(ShardSetError):
+    """A store (directory, ssh://, http(s)://, ...) cannot be reached, read or written."""
