@@ -1,0 +1,158 @@
+"""``gift table``: run the listed presets over one order (reusing finished runs) and write the comparison table.
+
+Every ``gift train`` option (data, shards, model, iterations, batch sizes, GIFT switches, device, ...) is accepted
+and applies to every run, parsed by ``gift train``'s own declarations, so the two commands never drift apart;
+``--method`` and ``--name`` are the table's to choose (``--methods``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+
+import typer
+
+TABLE_HELP = (
+    "Run every preset in --methods over --order (reusing finished runs, resuming unfinished ones), then write "
+    "RUNS/table-<order>.md, .csv and .png. Without --methods, build the table from existing run directories only: "
+    "each --runs path (or extra argument) is a run directory, or a folder of them.\n\n"
+    "Every `gift train` option is accepted and applies to every run (see `gift train --help`); --method and --name "
+    "are chosen per preset. Presets: every method, the ablations (gift-cd, gift-noawc, gift-feature, gift-wise0.2, "
+    "ewc128, ...) and the groups comparison (default), table1 ... table11; `gift table --list` shows them all."
+)
+
+# gift train parameter -> TrainConfig field, where the names differ.
+RENAMED = {"clip": "clip_arch"}
+TABLE_OWNED = ("order", "method", "name", "runs")
+
+
+def train_options(ctx: typer.Context, args: list[str]) -> tuple[dict, str | None, list[Path]]:
+    """Parse ``args`` with ``gift train``'s own options: (TrainConfig kwargs, --device, leftover positional paths).
+
+    Only TrainConfig fields are passed on (so an option added to ``gift train`` for a new field works here too).
+    """
+    from cli.app import app
+    from pipeline.train import TrainConfig
+
+    train_cmd = typer.main.get_command(app).get_command(ctx, "train")
+    sub = train_cmd.make_context("(gift train options)", list(args), parent=ctx, allow_extra_args=True)
+    # (typer vendors its own click, so the parameter source is compared by name)
+    given = [k for k in ("method", "name") if getattr(sub.get_parameter_source(k), "name", "") == "COMMANDLINE"]
+    if given:
+        raise ValueError(f"--{given[0]} is chosen per preset by `gift table`; list presets with --methods")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    kwargs = {}
+    for key, value in sub.params.items():
+        key = RENAMED.get(key, key)
+        if key in fields and key not in TABLE_OWNED:
+            kwargs[key] = value.value if isinstance(value, enum.Enum) else str(value) if isinstance(value, Path) else value
+    return kwargs, sub.params.get("device"), [Path(a) for a in sub.args]
+
+
+def _list_presets() -> None:
+    from rich.table import Table
+
+    from cli.app import out
+    from pipeline.presets import ALIASES, GROUPS, all_presets
+
+    table = Table("preset", "method", "overrides", "paper row", "published (Order I)")
+    for p in all_presets().values():
+        pub = p.published_for("I")
+        table.add_row(p.name, p.method, ", ".join(f"{k}={v}" for k, v in p.overrides.items()), p.label,
+                      "/".join(map(str, pub)) + f" ({p.source})" if pub else "–")
+    out.print(table)
+    out.print("aliases: " + ", ".join(f"{a} = {p}" for a, p in ALIASES.items()))
+    for name, members in GROUPS.items():
+        out.print(f"[bold]{name}[/]: {', '.join(members)}")
+
+
+def table(
+    ctx: typer.Context,
+    order: str = typer.Option(None, help="I, II or mini (default with --methods: II; without: the runs' own order)."),
+    methods: str = typer.Option(None, help="Comma-separated presets and groups, e.g. finetune,l2,gift or table3 "
+                                "(default when no --runs: comparison = every baseline + gift)."),
+    runs: list[Path] = typer.Option(None, help="With --methods: where run directories go (default runs). Without: "
+                                    "run directories, or folders of them, to build the table from (repeatable)."),
+    out_dir: Path = typer.Option(None, "--out", help="Where table-<order>.md/.csv/.png go (default: the runs folder)."),
+    list_presets: bool = typer.Option(False, "--list", help="List presets, aliases and groups, then exit."),
+) -> None:
+    from cli.app import _clean_errors, _setup_logging, console, out
+
+    if list_presets:
+        _list_presets()
+        return
+    _setup_logging()
+    import torch
+
+    from pipeline import presets
+    from pipeline import table as tbl
+    from pipeline.train import TrainConfig
+
+    with _clean_errors():
+        base, device, extra = train_options(ctx, ctx.args)
+        paths = [*(runs or []), *extra]
+        if methods is None and paths:  # build only
+            run_dirs = []
+            for path in paths:
+                run_dirs += [path] if (path / "config.json").exists() else tbl.find_runs(path, order)
+            if not run_dirs:
+                raise ValueError(f"no run directories in {', '.join(map(str, paths))}")
+            orders = sorted({tbl.read_run(d)[0].get("order") for d in run_dirs})
+            if order is None and len(orders) > 1:
+                raise ValueError(f"the runs are of several orders ({', '.join(orders)}); choose one with --order")
+            result_table = tbl.build_table(order or orders[0], run_dirs)
+            folder = out_dir or (paths[0] if not (paths[0] / "config.json").exists() else paths[0].parent)
+            files = tbl.write_table(result_table, folder)
+        else:
+            if extra:
+                raise ValueError(f"unexpected arguments {' '.join(map(str, extra))}: with --methods, --runs is the "
+                                 "folder where run directories go")
+            if runs:  # the last one wins, so `make table TABLE_ARGS='--runs DIR'` can move them
+                base["runs"] = str(runs[-1])
+            chosen = presets.resolve_presets(methods or presets.DEFAULT_METHODS)
+            result = tbl.run_table(order or TrainConfig.order, chosen, base,
+                                   progress=_Progress(), device=torch.device(device) if device else None,
+                                   out_dir=out_dir)
+            result_table, files = result.table, result.files
+            if result.reused:
+                out.print(f"reused finished runs: {', '.join(result.reused)}")
+    out.print(files["md"].read_text(), markup=False, highlight=False, soft_wrap=True)
+    out.print(f"[green]wrote[/] {files['md']}, {files['csv'].name}, {files['png'].name}")
+    if result_table.failed:
+        console.print(f"[bold red]{len(result_table.failed)} of {len(result_table.rows)} rows failed:[/] "
+                      + ", ".join(r.name for r in result_table.failed) + " (the others are in the table)")
+        raise typer.Exit(1)
+
+
+class _Progress:
+    """pipeline.table.TableProgress for the terminal: a line per preset, gift train's bars while training."""
+
+    def __init__(self):
+        from cli.app import TrainProgress
+
+        self.bars = TrainProgress()
+
+    def preset(self, index, total, preset, run_dir, status) -> None:
+        from cli.app import out
+
+        out.print(f"[bold][{index + 1}/{total}] {preset.name}[/] ({run_dir}): {status}")
+
+    def failed(self, preset, error) -> None:
+        from cli.app import console
+
+        if self.bars.bar is not None:  # a run that failed mid-task leaves its bar running
+            self.bars.bar.stop()
+        console.print(f"[bold red]{preset.name} failed:[/] {error}")
+
+    def start_task(self, index, task, steps) -> None:
+        self.bars.start_task(index, task, steps)
+
+    def step(self, losses) -> None:
+        self.bars.step(losses)
+
+    def end_task(self) -> None:
+        self.bars.end_task()
+
+    def evaluated(self, index, task, row) -> None:
+        self.bars.evaluated(index, task, row)

@@ -1,0 +1,349 @@
+"""The comparison table: many runs of one order side by side, in the paper's Transfer / Avg. / Last layout.
+
+The rows are presets (:mod:`pipeline.presets`: a method plus TrainConfig overrides, e.g. ``gift-cd`` = GIFT with CD
+only on the l2 baseline; groups such as ``table3`` name the presets of one of the paper's tables).
+
+:func:`run_table` trains every preset that has no finished run (reusing finished runs, resuming unfinished ones;
+one preset's failure does not stop the others), then :func:`build_table` reads each run directory's
+``config.json`` / ``state.json`` and :func:`write_table` writes ``table-<order>.md`` / ``.csv`` / ``.png``:
+
+    | Method | paper row | Transfer | paper | Δ l2 | Avg. | paper | Δ l2 | Last | paper | Δ l2 | status |
+
+Δ l2 is ours minus our own ``l2`` row. The published number of a row is shown only where the run's setting is the
+paper's (ViT-B/16 OpenAI weights, 1,000 iterations, Order I/II, the preset's exact options); ours is marked
+``⚠`` when it differs from it by more than one point. Run directories: ``<method>-order<order>`` for a plain method
+(the same directory ``gift train`` uses), ``<preset>-order<order>`` otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import catalog, report
+from .metrics import Summary, summarize
+from .presets import MOE_ADAPTER, Preset, Triple, all_presets, config_for, identify, published_for
+from .train import Progress, TrainConfig, prepare_run_dir, train
+
+log = logging.getLogger("gift.table")
+
+MARK = "⚠"
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass
+class Row:
+    name: str  # preset name (or the run directory's name when it is no preset's)
+    label: str  # the paper's row name
+    run_dir: Path | None
+    method: str
+    tasks: int  # T
+    finished: int = 0  # k: finished tasks
+    preset: str = ""  # the preset whose setting the run has ("" when none)
+    summary: Summary | None = None
+    published: Triple | None = None
+    source: str = ""
+    error: str | None = None
+
+    @property
+    def values(self) -> Triple | None:
+        return None if self.summary is None else (self.summary.transfer, self.summary.avg, self.summary.last)
+
+    @property
+    def partial(self) -> bool:
+        return 0 < self.finished < self.tasks
+
+    @property
+    def status(self) -> str:
+        """``finished``, ``partial``, ``not started`` or ``failed`` (the CSV's status column)."""
+        if self.error:
+            return "failed"
+        if self.finished == self.tasks:
+            return "finished"
+        return "partial" if self.finished else "not started"
+
+    @property
+    def status_text(self) -> str:
+        done = f" ({self.finished}/{self.tasks} tasks)" if self.finished < self.tasks and self.finished else ""
+        return ("**failed**" if self.error else self.status) + done
+
+    def differs(self) -> tuple[bool, ...]:
+        """Per metric, whether ours (1 decimal, as shown) is more than ``report.TOLERANCE`` from the published.
+
+        Never for a partial run: the published numbers are for the whole sequence."""
+        if self.values is None or self.published is None or self.partial:
+            return (False, False, False)
+        return tuple(abs(round(round(o, 1) - p, 1)) > report.TOLERANCE
+                     for o, p in zip(self.values, self.published, strict=True))
+
+
+@dataclass
+class Table:
+    order: str
+    datasets: list[str]
+    rows: list[Row]
+
+    @property
+    def baseline(self) -> Row | None:
+        """The ``l2`` row Δ is taken against (the first run of method l2 with results)."""
+        return next((r for r in self.rows if r.method == "l2" and r.values is not None), None)
+
+    def delta(self, row: Row) -> tuple[float, ...] | None:
+        """Ours − the l2 row's, per metric (``None`` without an l2 row or without results)."""
+        base = self.baseline
+        if base is None or base.values is None or row.values is None:
+            return None
+        return tuple(o - b for o, b in zip(row.values, base.values, strict=True))
+
+    @property
+    def failed(self) -> list[Row]:
+        return [r for r in self.rows if r.error]
+
+
+def read_run(run_dir: Path) -> tuple[dict, dict]:
+    """(config.json, state.json) of a run directory; state is empty-but-valid for a run with no finished task."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise ValueError(f"{run_dir} is not a run directory (no config.json)")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    state_file = run_dir / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"finished": 0, "acc": []}
+    return cfg, state
+
+
+def build_table(order: str, run_dirs: Sequence[Path], *, errors: Mapping[Path, str] | None = None,
+                presets: Mapping[Path, Preset] | None = None) -> Table:
+    """One row per run directory, in the given order. ``errors``: run directory -> why it failed (its row is kept,
+    with whatever tasks it finished); ``presets``: run directory -> the preset it was run as (else identified from
+    its name and config). A directory that does not exist gives an empty row (it must then have an error)."""
+    datasets = catalog.get_order(order)
+    errors, presets = errors or {}, presets or {}
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        error = errors.get(run_dir)
+        if not (run_dir / "config.json").exists():
+            if error is None:
+                raise ValueError(f"{run_dir} is not a run directory (no config.json)")
+            preset = presets.get(run_dir)
+            rows.append(Row(preset.name if preset else run_dir.name, preset.label if preset else "", run_dir,
+                            preset.method if preset else "?", len(datasets), preset=preset.name if preset else "",
+                            error=error))
+            continue
+        cfg, state = read_run(run_dir)
+        if cfg.get("order") != order:
+            raise ValueError(f"{run_dir} is a run of order {cfg.get('order')!r}, not {order!r}")
+        preset = presets.get(run_dir) or identify(run_dir, cfg)
+        acc = np.array(state["acc"], dtype=float).reshape(len(state["acc"]), len(datasets))
+        # A row is named after its preset when its directory is the preset's, else after the directory.
+        name = preset.name if preset and run_dir.name == preset.dir_name(order) else run_dir.name
+        row = Row(name, preset.label if preset else "", run_dir, cfg["method"], len(datasets), finished=len(acc),
+                  preset=preset.name if preset else "", published=published_for(preset, cfg),
+                  source=preset.source if preset else "", error=error)
+        if len(acc):
+            row.summary = summarize(acc, datasets)
+        rows.append(row)
+    return Table(order, datasets, rows)
+
+
+def find_runs(root: Path, order: str | None = None) -> list[Path]:
+    """Run directories directly under ``root`` (of ``order`` when given), in the preset registry's order."""
+    found = [p.parent for p in sorted(Path(root).glob("*/config.json"))]
+    if order is not None:
+        found = [p for p in found if json.loads((p / "config.json").read_text()).get("order") == order]
+    rank = {name: i for i, name in enumerate(all_presets())}
+    return sorted(found, key=lambda p: (rank.get(re.sub(r"-order[^-]+$", "", p.name), len(rank)), p.name))
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _num(v: float | None) -> str:
+    return report.DASH if v is None or math.isnan(v) else f"{v:.1f}"
+
+
+def _signed(v: float | None) -> str:
+    return report.DASH if v is None or math.isnan(v) else f"{v:+.1f}"
+
+
+def table_markdown(table: Table) -> str:
+    """``table-<order>.md``: the comparison in the paper's layout, then notes on partial / failed rows."""
+    show_paper = any(r.published is not None for r in table.rows)
+    header = ["Method", "paper row"]
+    for metric in report.METRICS:
+        header += [metric, *(["paper"] if show_paper else []), "Δ l2"]
+    header.append("status")
+    lines_rows = []
+    for row in table.rows:
+        values = row.values or (None, None, None)
+        delta = table.delta(row) or (None, None, None)
+        published = row.published or (None, None, None)
+        cells = [f"`{row.name}`", row.label or report.DASH]
+        for ours, pub, d, off in zip(values, published, delta, row.differs(), strict=True):
+            cells.append(_num(ours) + (f" {MARK}" if off else ""))
+            if show_paper:
+                cells.append(_num(pub))
+            cells.append(_signed(d))
+        cells.append(row.status_text)
+        lines_rows.append(cells)
+    title = f"Order {table.order}" if table.order in ("I", "II") else f"order {table.order}"
+    lines = [f"# Comparison, {title} ({len(table.datasets)} tasks: {', '.join(table.datasets)})", ""]
+    lines += report._md_table(header, lines_rows)
+    lines += [""]
+    base = table.baseline
+    lines.append(f"Δ l2 = ours − our `l2` row (`{base.name}`)." if base else "Δ l2: no `l2` run in this table.")
+    if show_paper:
+        lines.append(f"paper = the published number (Wu et al., CVPR 2025; table in the CSV's `source`), shown where the "
+                     f"run's setting is the paper's; {MARK} = ours differs from it by more than "
+                     f"{report.TOLERANCE:g} point.")
+    else:
+        lines.append("Published numbers are not shown: no run here has the paper's setting (ViT-B/16 OpenAI weights, "
+                     "1,000 iterations, Order I/II, the preset's options).")
+    if table.order in MOE_ADAPTER and show_paper:
+        lines.append(f"Not implemented: MoE-Adapter, published {'/'.join(map(str, MOE_ADAPTER[table.order]))} "
+                     f"(Transfer/Avg./Last).")
+    partial = [r for r in table.rows if r.partial]
+    if partial:
+        lines.append("Partial rows use their finished tasks only (see `pipeline.metrics`): "
+                     + ", ".join(f"`{r.name}` {r.finished}/{r.tasks}" for r in partial)
+                     + ("; they are not checked against the published numbers (those are for the whole sequence)."
+                        if any(r.published for r in partial) else "."))
+    if table.failed:
+        lines += ["", "**Failed:**", ""] + [f"- `{r.name}`: {r.error}" for r in table.failed]
+    return "\n".join(lines) + "\n"
+
+
+CSV_HEADER = ["method", "preset", "paper_row", "run_dir", "status", "finished", "tasks", "transfer", "avg", "last",
+              "delta_transfer", "delta_avg", "delta_last", "published_transfer", "published_avg", "published_last",
+              "differs_transfer", "differs_avg", "differs_last", "source", "error"]
+
+
+def table_csv(table: Table) -> str:
+    """One line per row; numbers with 2 decimals (published: 1), empty where there is none."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for row in table.rows:
+        values = row.values or (None,) * 3
+        delta = table.delta(row) or (None,) * 3
+        published = row.published or (None,) * 3
+        has_pub = row.published is not None and row.values is not None
+        writer.writerow([row.name, row.preset, row.label, str(row.run_dir or ""), row.status, row.finished, row.tasks,
+                         *("" if v is None else f"{v:.2f}" for v in values),
+                         *("" if v is None else f"{v:.2f}" for v in delta),
+                         *("" if v is None else f"{v:.1f}" for v in published),
+                         *((str(d).lower() if has_pub else "") for d in row.differs()),
+                         row.source, row.error or ""])
+    return buf.getvalue()
+
+
+def table_figure(table: Table):
+    """Grouped bars: Transfer / Avg. / Last per row; published values as black ticks; partial rows hatched."""
+    plt = report.plt
+    rows = table.rows
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2.0), 4.8))
+    width, colors = 0.26, ("tab:blue", "tab:orange", "tab:green")
+    for m, color in enumerate(colors):
+        for i, row in enumerate(rows):
+            if row.values is None:
+                continue
+            x = i + (m - 1) * width
+            ax.bar(x, row.values[m], width, color=color, hatch="//" if row.partial else None,
+                   edgecolor="white" if row.partial else None)
+            top = max(row.values[m], row.published[m] if row.published else 0.0)
+            ax.text(x, top + 1, f"{row.values[m]:.1f}", ha="center", va="bottom", fontsize=6, rotation=90)
+            if row.published is not None:
+                ax.plot([x - width / 2, x + width / 2], [row.published[m]] * 2, color="black", linewidth=2)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
+    labels = list(report.METRICS)
+    if any(r.published is not None for r in rows):
+        handles.append(plt.Line2D([0], [0], color="black", linewidth=2))
+        labels.append("published")
+    if any(r.partial for r in rows):
+        handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="lightgray", hatch="//", edgecolor="white"))
+        labels.append("partial run")
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    ticks = [r.name + ("\n(failed)" if r.error else f"\n({r.finished}/{r.tasks})" if r.partial else "") for r in rows]
+    ax.set_xticks(range(len(rows)), labels=ticks, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("%")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"Transfer / Avg. / Last, {'MTIL Order' if table.order in ('I', 'II') else 'order'} {table.order}")
+    return fig
+
+
+def write_table(table: Table, out_dir: Path) -> dict[str, Path]:
+    """``table-<order>.md`` / ``.csv`` / ``.png`` in ``out_dir``, each written to a temporary name and renamed (the
+    table is derived data: a rerun replaces it, never leaving a half-written file)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"table-{table.order}"
+    return {
+        "md": report._atomic_write_text(stem.with_suffix(".md"), table_markdown(table)),
+        "csv": report._atomic_write_text(stem.with_suffix(".csv"), table_csv(table)),
+        "png": report._save_figure(table_figure(table), stem.with_suffix(".png")),
+    }
+
+
+# --------------------------------------------------------------------------- running the presets
+
+
+class TableProgress(Progress):
+    """train.Progress plus one call per preset; the default does nothing."""
+
+    def preset(self, index: int, total: int, preset: Preset, run_dir: Path, status: str) -> None: ...
+    def failed(self, preset: Preset, error: str) -> None: ...
+
+
+@dataclass
+class TableResult:
+    table: Table
+    files: dict[str, Path]
+    trained: list[str]  # presets trained or resumed by this call
+    reused: list[str]  # presets whose finished run was reused
+
+
+def run_table(order: str, presets: Sequence[Preset], base: Mapping[str, object], *,
+              progress: TableProgress | None = None, device=None, out_dir: Path | None = None, train_fn: Callable[..., Path] = train) -> TableResult:
+    """Train (or resume) every preset without a finished run, then build and write the table into ``out_dir``
+    (default: the runs folder, ``base['runs']``).
+
+    A preset that fails (missing method or field, data, weights, a non-finite loss, ...) is recorded in its row and
+    the others go on; ``TableResult.table.failed`` lists them. Ctrl-C stops everything (the runs resume later).
+    """
+    progress = progress or TableProgress()
+    catalog.get_order(order)  # a bad order fails before anything runs
+    runs_root = Path(str(base.get("runs") or TrainConfig.runs))
+    run_dirs, errors, by_dir, trained, reused = [], {}, {}, [], []
+    for index, preset in enumerate(presets):
+        run_dir = runs_root / preset.dir_name(order)
+        run_dirs.append(run_dir)
+        by_dir[run_dir] = preset
+        try:
+            config = config_for(preset, order, {**base, "runs": str(runs_root)})
+            state = prepare_run_dir(config)[1] if (run_dir / "config.json").exists() else {"finished": 0}
+            if state["finished"] == len(catalog.get_order(order)):
+                progress.preset(index, len(presets), preset, run_dir, "finished, reused")
+                reused.append(preset.name)
+                continue
+            progress.preset(index, len(presets), preset, run_dir,
+                            f"resuming after task {state['finished']}" if state["finished"] else "training")
+            train_fn(config, progress, device)
+            trained.append(preset.name)
+        except Exception as e:  # noqa: BLE001 -- one preset's failure must not stop the others
+            message = str(e) or type(e).__name__
+            log.debug("preset %s failed", preset.name, exc_info=True)
+            progress.failed(preset, message)
+            errors[run_dir] = message
+    table = build_table(order, run_dirs, errors=errors, presets=by_dir)
+    return TableResult(table, write_table(table, out_dir or runs_root), trained, reused)
