@@ -13,13 +13,23 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from cli.data_cmd import data_app
+from cli.table_cmd import TABLE_HELP, table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="GIFT: continual CLIP fine-tuning with Stable Diffusion replay.")
-shards_app = typer.Typer(no_args_is_help=True, help="Inspect, verify and preview shard sets.")
+shards_app = typer.Typer(no_args_is_help=True, help="Inspect, verify, preview and share shard sets.")
 app.add_typer(shards_app, name="shards")
 app.add_typer(data_app, name="data")
 console = Console(stderr=True)
@@ -189,10 +199,13 @@ def _summary(spec: dict) -> str:
 
 
 @shards_app.command("ls")
-def shards_ls(root: Path = typer.Argument(Path("shards-out"), help="Root of shard sets.")) -> None:
-    """List the sets under ROOT: task, spec summary, samples, bytes, complete or not."""
+def shards_ls(root: str = typer.Argument("shards-out", help="Root of shard sets, or a store URL (ssh://, https://, ...).")) -> None:
+    """List the sets under ROOT, or in a store: task, spec summary, samples, bytes, complete or not."""
     from shards.manifest import find_sets, load_manifest
+    from shards.store import is_url
 
+    if is_url(root):
+        return _store_ls(str(root))
     with _clean_errors():
         table = Table("task", "hash", "generator", "samples", "MB", "complete", "path")
         for path in find_sets(root):
@@ -200,6 +213,87 @@ def shards_ls(root: Path = typer.Argument(Path("shards-out"), help="Root of shar
             table.add_row(m["task"], m["spec_hash"][:16], _summary(m["spec"]), f"{m['samples']}/{m['planned_samples']}",
                           f"{m['bytes'] / 1e6:.1f}", "yes" if m["complete"] else "[yellow]no[/]", str(path))
         out.print(table)
+
+
+def _store_ls(url: str) -> None:
+    from shards.store import list_sets, open_store
+
+    with _clean_errors():
+        store = open_store(url)
+        table = Table("task", "hash", "generator", "samples", "MB", "complete", "pull with")
+        for s in list_sets(store):
+            address = store.address(f"{s.task}/{s.hash16}")
+            if s.manifest is None:
+                state = f"[red]invalid[/] ({s.problem})" if s.problem else "[yellow]no manifest[/] (push in progress or interrupted)"
+                table.add_row(s.task, s.hash16, "", "", "", state, "")
+                continue
+            m = s.manifest
+            table.add_row(m["task"], s.hash16, _summary(m["spec"]), f"{m['samples']}/{m['planned_samples']}",
+                          f"{m['bytes'] / 1e6:.1f}", "yes" if m["complete"] else "[yellow]no[/]", address)
+        out.print(table)
+
+
+class TransferBar:
+    """shards.store.Progress as a rich bar with bytes, speed and ETA."""
+
+    def __init__(self):
+        self.bar = None
+
+    def start(self, label: str, total_bytes: int) -> None:
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                            TransferSpeedColumn(), TimeRemainingColumn(), console=console)
+        self.bar.start()
+        self.task = self.bar.add_task(label, total=total_bytes)
+
+    def advance(self, nbytes: int) -> None:
+        self.bar.advance(self.task, nbytes)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@shards_app.command("push")
+def shards_push(
+    set_path: Path = typer.Argument(..., help="A set directory (ROOT/<task>/<hash>), or a root: every set under it."),
+    dest: str = typer.Argument(..., help="Store: a directory (shared/NFS mount), ssh://[user@]host[:port]/path, or any fsspec URL."),
+) -> None:
+    """Publish complete, verified sets to a store: content-addressed, resumable, the manifest written last."""
+    from shards.manifest import find_sets
+    from shards.push import push_set
+    from shards.store import open_store
+
+    with _clean_errors():
+        sets = find_sets(set_path)
+        if not sets:
+            raise ValueError(f"no shard set under {set_path} (expected ROOT/<task>/<hash>/manifest.json)")
+        store = open_store(dest)
+        for path in sets:
+            r = push_set(path, store, TransferBar())
+            if r.state == "other-render":
+                out.print(f"[yellow]kept[/] {r.address}: the store already holds another render of this spec "
+                          f"(same spec hash, other bytes); nothing sent. Pull it, or delete it on the store to replace it")
+            elif r.state == "already":
+                out.print(f"[green]already published[/] {r.address}: nothing transferred")
+            else:
+                out.print(f"[green]{r.state}[/] {r.address}: {len(r.uploaded)} files sent ({r.bytes_sent / 1e6:.1f} MB), "
+                          f"{len(r.kept)} already there")
+
+
+@shards_app.command("pull")
+def shards_pull(
+    address: str = typer.Argument(..., help="STORE/TASK/HASH, as `gift shards ls STORE` lists it."),
+    dest: Path = typer.Argument(Path("shards-out"), help="Local root; the set goes to DEST/<task>/<hash>/."),
+) -> None:
+    """Fetch a published set, checking every file's sha256 before it becomes visible; resumable."""
+    from shards.pull import parse_address, pull_set
+    from shards.store import open_store
+
+    with _clean_errors():
+        url, task, hash16, full = parse_address(address)
+        r = pull_set(open_store(url), task, hash16, dest, TransferBar(), full_hash=full)
+    out.print(f"[green]pulled[/] {r.set_path}: {len(r.downloaded)} shards fetched ({r.bytes_received / 1e6:.1f} MB), "
+              f"{len(r.kept)} already here and verified")
 
 
 @shards_app.command("info")
@@ -285,11 +379,12 @@ class TrainProgress:
 @app.command()
 def train(
     order: str = typer.Option("II", help="Task order: I, II (MTIL) or mini (scikit-learn images, for demos/tests)."),
-    method: str = typer.Option("gift", help="gift | finetune | l2 | zeroshot."),
+    method: str = typer.Option("gift", help="gift | finetune | l2 | wise-ft | lwf | lwf-vr | zscl | icarl | ewc | zeroshot."),
     name: str = typer.Option(None, help="Run directory name under --runs (default: <method>-order<order>)."),
     runs: Path = typer.Option(Path("runs"), help="Where run directories go."),
     data_root: Path = typer.Option(None, help="Folder holding the MTIL datasets (see `gift data check`)."),
-    shards: Path = typer.Option(Path("shards-out"), help="Root of the rendered shard sets (stage 1's --out)."),
+    shards: str = typer.Option("shards-out", help="Root of the rendered shard sets (stage 1's --out), or a store URL (https://, ssh://, ...) to fetch the pool from."),
+    shard_cache: Path = typer.Option(None, help="Where sets from a store URL are cached and verified (default: ~/.cache/gift/shards)."),
     shard_family: str = typer.Option(None, help="Which generator spec's sets to use when several are present."),
     clip: str = typer.Option("ViT-B-16", help="open_clip architecture, or `tiny`."),
     clip_weights: str = typer.Option("openai", help="`openai` (from the HF cache), a checkpoint file, or `none`."),
@@ -311,9 +406,20 @@ def train(
     distill: str = typer.Option("contrastive", help="GIFT: contrastive | feature | image-only | text-only."),
     ita_target: str = typer.Option("code", help="GIFT: code (smoothing 0.2, shared duplicate positives) | paper (identity)."),
     fisher_norm: bool = typer.Option(True, "--fisher-norm/--no-fisher-norm", help="GIFT: per-tensor normalised Fisher."),
+    replay_generator: str = typer.Option(None, help="GIFT: replay the pool sets of this generator only (sd15 | tiny | reference = real images)."),
+    wise_alpha: float = typer.Option(0.8, help="wise-ft: θ ← α·θ + (1−α)·θ(t−1) after each task."),
+    random_texts: int = typer.Option(1000, help="lwf-vr: number of random 10-token sentences."),
+    reference_images: Path = typer.Option(None, help="zscl: ImageFolder of real reference images (ImageNet train in the paper)."),
+    reference_texts: Path = typer.Option(None, help="zscl: captions file, one per line."),
+    ensemble_every: int = typer.Option(100, help="zscl: weight-ensemble snapshot every N steps."),
+    memory_size: int = typer.Option(10000, help="icarl: exemplars kept over all seen classes (herding)."),
+    ewc_samples: int = typer.Option(256, help="ewc: synthetic samples for the static Fisher before each task."),
     device: str = typer.Option(None, help="cuda | cpu (default: cuda when present)."),
+    gpus: int = typer.Option(1, help="Processes to launch with torchrun (one per GPU; DistributedDataParallel)."),
 ) -> None:
     """Continual fine-tuning over an order, evaluating every dataset after each task; resumable."""
+    if gpus > 1 and "RANK" not in os.environ:
+        _relaunch_with_torchrun(gpus)
     _setup_logging()
     import torch
 
@@ -324,19 +430,27 @@ def train(
 
     config = TrainConfig(
         order=order, method=method, name=name, runs=str(runs), data_root=str(data_root) if data_root else None,
-        shards=str(shards), shard_family=shard_family, clip_arch=clip, clip_weights=clip_weights,
+        shards=str(shards), shard_cache=str(shard_cache) if shard_cache else None, shard_family=shard_family, clip_arch=clip, clip_weights=clip_weights,
         iterations=iterations, batch_size=batch_size, synthetic_batch=synthetic_batch,
         synthetic_budget=synthetic_budget, lr=lr, warmup=warmup, seed=seed, precision=precision, workers=workers,
         cd=cd, ita=ita, awc=awc, beta=beta, lam=lam, teacher=teacher, distill=distill, ita_target=ita_target,
-        fisher_norm=fisher_norm,
+        fisher_norm=fisher_norm, replay_generator=replay_generator, wise_alpha=wise_alpha, random_texts=random_texts,
+        reference_images=str(reference_images) if reference_images else None,
+        reference_texts=str(reference_texts) if reference_texts else None, ensemble_every=ensemble_every,
+        memory_size=memory_size, ewc_samples=ewc_samples,
     )
     with _clean_errors():
         try:
             run_dir = run_train(config, TrainProgress(), torch.device(device) if device else None)
         except (ClipNotFoundError, DatasetMissingError, NonFiniteLossError) as e:
             raise ValueError(str(e)) from e
-    out.print(f"[green]done[/]: {run_dir}/results.md")
-    out.print((run_dir / "results.md").read_text())
+    if os.environ.get("RANK", "0") == "0":
+        out.print(f"[green]done[/]: {run_dir}/results.md")
+        out.print((run_dir / "results.md").read_text())
+
+
+# `gift table` (cli/table_cmd.py): the options it does not declare are `gift train`'s, parsed by that command.
+app.command(help=TABLE_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(table)
 
 
 @app.command()

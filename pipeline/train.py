@@ -6,7 +6,13 @@
                checkpoint-taskNN.safetensors + state.json                    (written by rename at task ends)
 
 Running the same command again continues after the last finished task. Each task seeds its own RNGs from
-(seed, task index), so a resumed run reproduces an uninterrupted one exactly.
+(seed, task index), and every real image's crop is seeded per sample, so a resumed run reproduces an
+uninterrupted one exactly, whatever the number of data-loader workers.
+
+Several GPUs: ``torchrun --nproc_per_node N`` (or ``gift train --gpus N``). Every rank draws the same global
+batches and takes its contiguous share; the model is wrapped in DistributedDataParallel; contrastive terms
+gather the features of the whole batch first, so N processes compute the step of one process (up to
+floating-point summation order). Evaluation splits every test set across ranks; rank 0 writes the run dir.
 """
 
 from __future__ import annotations
@@ -21,25 +27,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
 
-from shards.layout import atomic_write_bytes
+from shards.layout import atomic_write_bytes, spec_hash
 
 from . import catalog, mini
-from .evaluate import TestSet, Transformed, evaluate_order
+from .dist import Dist
+from .evaluate import TestSet, evaluate_order
 from .losses import classification_loss
-from .methods import SynthBatch, TaskContext, get_method
+from .methods import TaskContext, get_method
 from .models import (
     ClipSpec,
-    encode_images,
-    encode_texts,
     eval_resize,
     image_size,
     load_clip,
-    normalize_uint8,
     train_transform,
 )
 from .models import tokenizer as clip_tokenizer
+from .replay import ImageStream
 from .report import write_report
 
 log = logging.getLogger("gift.train")
@@ -62,7 +68,8 @@ class TrainConfig:
     name: str | None = None  # run directory name (default: <method>-order<order>)
     runs: str = "runs"
     data_root: str | None = None
-    shards: str = "shards-out"
+    shards: str = "shards-out"  # a local root, or a store URL (https://, ssh://, ...): the pool is cached locally
+    shard_cache: str | None = None  # where sets from a store URL are cached (None: ~/.cache/gift/shards)
     shard_family: str | None = None
     clip_arch: str = "ViT-B-16"
     clip_weights: str = "openai"
@@ -89,6 +96,16 @@ class TrainConfig:
     ita_target: str = "code"
     fisher_norm: bool = True
     l2_weight: float = 1.0
+    l2_without_awc: bool = False  # GIFT with --no-awc: the l2 penalty in AWC's place (the code's ablation rows)
+    replay_generator: str | None = None  # use the pool sets of this generator (sd15 | tiny | reference: real images)
+    # baselines (REFERENCE.md, "Baselines as the reference code runs them")
+    wise_alpha: float = 0.8  # wise-ft: θ ← α·θ + (1−α)·θ(t−1) after each task
+    random_texts: int = 1000  # lwf-vr: random 10-token sentences
+    reference_images: str | None = None  # zscl: an ImageFolder of real images (ImageNet train in the paper)
+    reference_texts: str | None = None  # zscl: a captions file, one per line
+    ensemble_every: int = 100  # zscl: weight-ensemble snapshot interval (steps)
+    memory_size: int = 10000  # icarl: exemplars kept over all seen classes
+    ewc_samples: int = 256  # ewc: synthetic samples for the static Fisher before each task
 
     @property
     def run_name(self) -> str:
@@ -145,7 +162,8 @@ def prepare_run_dir(config: TrainConfig) -> tuple[Path, dict]:
     run_dir = Path(config.runs) / config.run_name
     cfg = asdict(config)
     if (run_dir / "config.json").exists():
-        saved = json.loads((run_dir / "config.json").read_text())
+        # fields added to TrainConfig after the run was made hold their defaults there
+        saved = {**asdict(TrainConfig()), **json.loads((run_dir / "config.json").read_text())}
         differs = sorted(k for k in set(saved) | set(cfg) if saved.get(k) != cfg.get(k))
         if differs:
             raise RunDirError(f"{run_dir} holds a run with another configuration (differs in: {', '.join(differs)}); "
@@ -164,20 +182,46 @@ def _seed(config: TrainConfig, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(config.seed * 1000 + index)
 
 
-def _cycle(loader: DataLoader):
-    while True:
-        yield from loader
+def _test_cache(config: TrainConfig, task: str, size: int, n: int) -> Path | None:
+    """Where a task's decoded test split is cached: shared by the runs under --runs, keyed by what defines it."""
+    if task in catalog.MINI_TASKS:
+        return None  # small; decoded in memory
+    key = {"task": task, "size": size, "n": n, "root": str(Path(config.data_root).resolve())}
+    return Path(config.runs) / ".cache" / "test" / f"{task}-{size}-{spec_hash(key)[:12]}.npy"
+
+
+def _shards_root(config: TrainConfig, pool: list[str]) -> Path:
+    """The local root of the pool's sets: ``--shards`` itself, or the cache a store URL is fetched into once."""
+    from shards.pull import pool_from_store
+    from shards.store import is_url
+
+    from .synthetic import spec_family
+
+    if not is_url(config.shards):
+        return Path(config.shards)
+    cache = Path(config.shard_cache) if config.shard_cache else None
+    return pool_from_store(config.shards, pool, cache,
+                           keep=lambda m: config.shard_family in (None, spec_family(m["spec"])))
 
 
 def train(config: TrainConfig, progress: Progress | None = None, device: torch.device | None = None) -> Path:
-    """Run (or resume) the whole order; returns the run directory."""
-    progress = progress or Progress()
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Run (or resume) the whole order; returns the run directory. Under torchrun, every rank calls this."""
+    dist = Dist.from_env()
+    progress = progress if progress is not None and dist.main else Progress()
+    if device is None:
+        device = torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     method_cls = get_method(config.method)
+    method_cls.check(config)
     order = catalog.get_order(config.order)
     tasks = [catalog.get_task(t) for t in order]
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"unknown precision {config.precision!r}; choose fp32 or bf16")
+    for what, size in (("--batch-size", config.batch_size), ("--synthetic-batch", config.synthetic_batch)):
+        if size % dist.world:
+            raise ValueError(f"{what} {size} is not divisible by the {dist.world} processes; every rank takes an "
+                             "equal share of the batch")
     amp = torch.bfloat16 if config.precision == "bf16" else None
     # Load everything that can fail on bad input before creating the run directory.
     datasets = {t: task_dataset(t, "train", config.data_root) for t in order}
@@ -186,18 +230,39 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
     size = image_size(model)
     tokenize = clip_tokenizer()
     schedule = sets = None
-    if method_cls.uses_synthetic:
-        from .synthetic import class_images, draw_schedule, find_pool_sets, verify_pool
+    own_group = dist.init(device)
+    try:
+        if method_cls.uses_synthetic:
+            from .synthetic import class_images, draw_schedule, find_pool_sets, verify_pool
 
-        base = catalog.BASE_POOL[config.order]
-        sets = find_pool_sets(Path(config.shards), [base, *order[:-1]], config.shard_family)
-        verify_pool(sets)
-        schedule = draw_schedule(order, base, class_images(sets), config.synthetic_budget, config.seed)
+            base = catalog.BASE_POOL[config.order]
+            pool = [base, *order[:-1]]
+            if dist.main:  # rank 0 fetches (from a store) and verifies once; the others then read the same sets
+                sets = find_pool_sets(_shards_root(config, pool), pool, config.shard_family, config.replay_generator)
+                verify_pool(sets)
+            dist.barrier()
+            if not dist.main:
+                sets = find_pool_sets(_shards_root(config, pool), pool, config.shard_family, config.replay_generator)
+            schedule = draw_schedule(order, base, class_images(sets), config.synthetic_budget, config.seed)
+        return _run(config, dist, progress, device, method_cls, order, tasks, datasets, tests_data, model, size,
+                    tokenize, sets, schedule, amp)
+    finally:
+        if own_group:
+            torch.distributed.destroy_process_group()
 
-    run_dir, state = prepare_run_dir(config)
-    file_log = logging.FileHandler(run_dir / "train.log")
-    file_log.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logging.getLogger("gift").addHandler(file_log)
+
+def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tests_data, model, size, tokenize,
+         sets, schedule, amp) -> Path:
+    if dist.main:
+        run_dir, state = prepare_run_dir(config)
+    dist.barrier()
+    if not dist.main:
+        run_dir, state = prepare_run_dir(config)
+    file_log = None
+    if dist.main:
+        file_log = logging.FileHandler(run_dir / "train.log")
+        file_log.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logging.getLogger("gift").addHandler(file_log)
     try:
         initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if state["checkpoint"]:
@@ -205,7 +270,19 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
 
             model.load_state_dict(load_file(run_dir / state["checkpoint"]))
             log.info("resuming %s after task %d of %d", run_dir, state["finished"], len(order))
-        tests = [TestSet(tests_data[t], eval_resize(size), workers=min(config.workers, 2)) for t in order]
+        tests = [TestSet(tests_data[t], eval_resize(size), workers=min(config.workers, 2),
+                         cache=_test_cache(config, t, size, len(tests_data[t]))) for t in order]
+        if dist.world > 1:  # rank 0 fills the shared cache files; the others then map them
+            if dist.main:
+                for test in tests:
+                    if test.cache is not None:
+                        test.build()
+            dist.barrier()
+        replica = None
+        if dist.world > 1 and method_cls.trains:
+            # find_unused_parameters: ablations may leave a tower out of the replay loss (image-only, ...).
+            replica = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=True)
         method = method_cls(config)
         for index, task in enumerate(order):
             if index < state["finished"]:
@@ -217,74 +294,92 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
                     from .synthetic import load_draw
 
                     synth = load_draw(sets, schedule[index], eval_resize(size), tokenize)
-                _train_task(config, index, task, model, initial_state, method, datasets[task], synth, size,
-                            tokenize, generator, device, amp, run_dir, progress)
-            row = evaluate_order(model, tasks, tests, tokenize, device, amp)
+                _train_task(config, index, task, model, replica, dist, initial_state, method, datasets, synth,
+                            size, tokenize, generator, device, amp, run_dir, progress)
+            row = evaluate_order(model, tasks, tests, tokenize, device, amp, dist)
             progress.evaluated(index, task, row)
             log.info("after %s: %s", task, "  ".join(f"{t} {a:.1f}" for t, a in zip(order, row, strict=True)))
-            _finish_task(run_dir, state, model, index, row, config, order)
+            if dist.main:
+                _finish_task(run_dir, state, model, index, row, config, order)
+            else:
+                state.update(finished=index + 1)
+            dist.barrier()
     finally:
-        logging.getLogger("gift").removeHandler(file_log)
-        file_log.close()
+        if file_log is not None:
+            logging.getLogger("gift").removeHandler(file_log)
+            file_log.close()
     return run_dir
 
 
-def _train_task(config, index, task, model, initial_state, method, dataset, synth, size, tokenize, generator,
-                device, amp, run_dir, progress) -> None:
+def _forward(module):
+    """A step's student forward: (image features, text features), both L2-normalised."""
+    def forward(images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = module(images, tokens)
+        return out[0], out[1]
+
+    return forward
+
+
+def _train_task(config, index, task, model, replica, dist, initial_state, method, datasets, synth, size, tokenize,
+                generator, device, amp, run_dir, progress) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
+    forward = _forward(replica if replica is not None else model)
+    real_seed, replay_seed = torch.randint(0, 2**62, (2,), generator=generator).tolist()
     ctx = TaskContext(index, task, model, initial_state, config, device, params,
-                      [p.detach().clone() for p in params] if method.uses_anchor else [])
+                      [p.detach().clone() for p in params] if method.uses_anchor else [], dist, forward,
+                      synthetic=synth, datasets=datasets, replay_seed=replay_seed, image_size=size, run_dir=run_dir)
     method.begin_task(ctx)
-    loader = DataLoader(Transformed(dataset, train_transform(size)), batch_size=config.batch_size, shuffle=True,
-                        drop_last=len(dataset) >= config.batch_size, generator=generator,
-                        num_workers=config.workers if task not in catalog.MINI_TASKS else 0)
-    real = _cycle(loader)
+    replay = method.replay_stream(ctx)
+    real = ImageStream(datasets[task], train_transform(size), config.batch_size, real_seed, dist, device,
+                       workers=config.workers if task not in catalog.MINI_TASKS else 0, normalized=True)
     spec = catalog.get_task(task)
     class_tokens = tokenize([spec.prompt(c) for c in range(spec.num_classes)]).to(device)
     base_lr = config.lr_for(task)
     optimizer = torch.optim.AdamW(params, lr=base_lr, betas=(0.9, 0.999), weight_decay=config.weight_decay,
                                   fused=device.type == "cuda")
-    synth_order = torch.empty(0, dtype=torch.long)
+    autocast = torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
     progress.start_task(index, task, config.iterations)
     model.train()
-    with open(run_dir / "metrics.jsonl", "a") as metrics:
+    metrics = open(run_dir / "metrics.jsonl", "a") if dist.main else None
+    try:
         for step in range(config.iterations):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, base_lr, config.warmup, config.iterations)
             optimizer.zero_grad(set_to_none=True)
             terms: dict[str, torch.Tensor] = {}
-            if synth is not None:
-                if len(synth_order) < config.synthetic_batch:  # a fresh seeded permutation per pass
-                    synth_order = torch.cat([synth_order, torch.randperm(len(synth), generator=generator)])
-                pick, synth_order = synth_order[: config.synthetic_batch], synth_order[config.synthetic_batch :]
-                batch = SynthBatch(normalize_uint8(synth.images[pick].to(device)), synth.tokens[pick].to(device),
-                                   [synth.prompts[i] for i in pick.tolist()])
-                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            if replay is not None:
+                batch = replay.next()
+                with autocast:
                     terms = method.replay_terms(ctx, batch)
                 if terms:
                     sum(terms.values()).backward()
             method.after_replay_backward(ctx)
-            images, labels = next(real)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                ce = classification_loss(encode_images(model, images.to(device)), encode_texts(model, class_tokens),
-                                         labels.to(device))
+            batch = real.next()
+            with autocast:
+                img, txt = forward(batch.images, class_tokens)
+                ce = classification_loss(img, txt, batch.labels)
             ce.backward()
             for p in params:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
             penalties = method.adjust_gradients(ctx)
             values = {"ce": ce, **terms, **penalties}
-            stacked = torch.stack([v.detach().float() for v in values.values()])
+            # one small all-reduce: every rank sees the same (mean) losses, so all stop together when one is bad
+            stacked = dist.all_reduce(torch.stack([v.detach().float() for v in values.values()]), op="mean")
             if not torch.isfinite(stacked).all():
                 bad = [k for k, v in zip(values, stacked.tolist(), strict=True) if not math.isfinite(v)]
                 raise NonFiniteLossError(f"{', '.join(bad)} became non-finite at task {index + 1} ({task}), step {step}; "
                                          "the run stopped and keeps its last finished task's checkpoint")
             optimizer.step()
+            method.after_step(ctx, step)
             losses = dict(zip(values, stacked.tolist(), strict=True))
             progress.step(losses)
-            if step % 10 == 0 or step == config.iterations - 1:
+            if metrics and (step % 10 == 0 or step == config.iterations - 1):
                 metrics.write(json.dumps({"task": task, "index": index, "step": step,
                                           "lr": optimizer.param_groups[0]["lr"], **losses}) + "\n")
+    finally:
+        if metrics:
+            metrics.close()
     method.end_task(ctx)
     progress.end_task()
 

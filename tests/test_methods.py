@@ -145,7 +145,7 @@ def test_ewc_fisher_is_static_during_the_task_and_equals_the_hand_average():
     diffs = [p.detach() - a for p, a in zip(ctx.params, ctx.anchors, strict=True)]  # ≈ 0.01 everywhere
     for p, f, d in zip(ctx.params, method.fisher, diffs, strict=True):
         torch.testing.assert_close(p.grad, 2 * f * d, rtol=1e-5, atol=1e-12)
-    assert penalty.item() == pytest.approx(sum((f * d * d).sum().item() for f, d in zip(method.fisher, diffs)), rel=1e-4)
+    assert penalty.item() == pytest.approx(sum((f * d * d).sum().item() for f, d in zip(method.fisher, diffs, strict=True)), rel=1e-4)
 
 
 def _captions(workspace):
@@ -195,3 +195,21 @@ def test_zscl_without_reference_data_fails_before_creating_anything(workspace):
     assert r.returncode == 2 and "nowhere" in r.stderr + r.stdout
     assert not (root / "runs" / "zscl-missing").exists()
 
+
+
+def test_gift_without_awc_runs_the_l2_penalty_in_its_place_when_asked():
+    from pipeline.methods.gift import Gift
+
+    student = load_clip(ClipSpec("tiny", "none", seed=3))
+    ctx = ctx_for(student)
+    with torch.no_grad():
+        for p in ctx.params:
+            p.add_(0.5)
+    for p in ctx.params:
+        p.grad = torch.zeros_like(p)
+    assert Gift(TrainConfig(awc=False)).adjust_gradients(ctx) == {}
+    penalty = Gift(TrainConfig(awc=False, l2_without_awc=True)).adjust_gradients(ctx)["l2"]
+    diffs = [p.detach() - a for p, a in zip(ctx.params, ctx.anchors, strict=True)]
+    for p, d in zip(ctx.params, diffs, strict=True):
+        torch.testing.assert_close(p.grad, 2 * d)
+    assert penalty.item() == pytest.approx(sum((d * d).sum().item() for d in diffs), rel=1e-5)

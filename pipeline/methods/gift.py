@@ -16,6 +16,7 @@ import torch
 from ..losses import (
     LABEL_SMOOTHING,
     add_awc_gradient,
+    add_l2_gradient,
     alignment_targets,
     contrastive_distillation,
     feature_distillation,
@@ -85,7 +86,11 @@ class Gift(Method):
                                  for p in ctx.params]
 
     def adjust_gradients(self, ctx: TaskContext) -> dict[str, torch.Tensor]:
-        if not self.config.awc or self.fisher_grads is None:
+        if not self.config.awc:
+            if self.config.l2_without_awc:  # the released code's "without AWC" rows run with --l2 1
+                return {"l2": add_l2_gradient(ctx.params, ctx.anchors, self.config.l2_weight)}
+            return {}
+        if self.fisher_grads is None:
             return {}
         scales = fisher_scales(self.fisher_grads, normalize=self.config.fisher_norm)
         penalty = add_awc_gradient(ctx.params, ctx.anchors, self.fisher_grads, scales, self.config.lam)
