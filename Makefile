@@ -95,10 +95,10 @@ data-check: $(BIN)/gift ## Which MTIL datasets are present under DATA, and how t
 	$(GIFT) data check --data-root $(DATA)
 
 bench: $(BIN)/gift ## Every benchmark (generation, training step, data, evaluation) -> BENCHMARKS.md (CPU < 15 min)
-	$(BIN)/python -m pipeline.bench --out BENCHMARKS.md
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m pipeline.bench --out BENCHMARKS.md
 
 bench-generate: $(BIN)/gift ## Only the generation section of BENCHMARKS.md
-	$(BIN)/python -m pipeline.bench_generate --out BENCHMARKS.md
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m pipeline.bench_generate --out BENCHMARKS.md
 
 clean-demo: ## Remove demo-out/
 	rm -rf demo-out

@@ -87,6 +87,9 @@ def machine_lines() -> list[str]:
         f"{torch.get_num_threads()} threads, {ram:.0f} GiB RAM, CPU capability {torch.backends.cpu.get_cpu_capability()}; "
         f"GPU: {gpu}.",
         f"- Libraries: {versions}.",
+        f"- OpenMP wait policy: {os.environ.get('OMP_WAIT_POLICY', 'unset (libgomp spins, then sleeps)')}. `make bench` "
+        "sets PASSIVE unless told otherwise: idle OpenMP threads sleep instead of spinning, which changes no "
+        "result but keeps two-thread kernels from stalling when other work shares the cores.",
     ]
 
 
