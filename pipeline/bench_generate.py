@@ -216,8 +216,8 @@ def render_body(quick: bool = False) -> tuple[str, dict]:
         f"`gift generate eurosat --model tiny --steps {procs['steps']}` ({procs['images']} images; wall time of the "
         f"whole command, start-up and imports included; minimum of {procs['rounds']} alternating runs each). On CPU "
         "both share the same cores, so this measures what launching, coordinating and splitting by shard costs, "
-        "not multi-GPU scaling. On a loaded machine (the summary gives the load average) one two-thread process "
-        "can be much slower than two one-thread processes: its OpenMP kernels wait for both threads to be scheduled.",
+        "not multi-GPU scaling. (With OpenMP's default spin-waiting on a loaded machine, the two-thread process "
+        "was up to 9x slower than two one-thread ones; `make bench` sets `OMP_WAIT_POLICY=PASSIVE`, see the summary.)",
         "",
         "| run | wall time | images/s | ratio |",
         "|---|---:|---:|---:|",

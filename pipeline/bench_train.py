@@ -398,7 +398,7 @@ def run(quick: bool = False) -> tuple[str, dict]:
         f"| AWC on minus off, whole step (noisier: two single steps) | {seconds(cpu['step_on'] - cpu['step_off'])} | "
         f"{diff:+.1%} |",
         f"| released code's AWC (per-parameter Python loop + autograd penalty backward) | "
-        f"{seconds(cpu['released_awc'])} | {cpu['released_awc'] / cpu['awc_on']:.2f}x ours |",
+        f"{seconds(cpu['released_awc'])} | {cpu['released_awc'] / cpu['awc_on']:.2f}x our time |",
         f"| step, bf16 autocast (this CPU: {torch.backends.cpu.get_cpu_capability()}) | {seconds(cpu['bf16_step'])} | "
         f"{cpu['bf16_step'] / cpu['step_on']:.2f} |",
         "",
