@@ -129,13 +129,6 @@ def correct_count(model: nn.Module, head: torch.Tensor, test: TestSet, device: t
     return correct, stop - start
 
 
-def accuracy(model: nn.Module, head: torch.Tensor, test: TestSet, device: torch.device, batch_size: int = 256,
-             autocast_dtype: torch.dtype | None = None) -> float:
-    """Top-1 accuracy (%) of ``model`` with class embeddings ``head`` on ``test``."""
-    correct, total = correct_count(model, head, test, device, batch_size, autocast_dtype)
-    return 100.0 * correct / max(1, total)
-
-
 def evaluate_order(model: nn.Module, tasks: Sequence[Task], tests: Sequence[TestSet], tokenizer,
                    device: torch.device, autocast_dtype: torch.dtype | None = None, dist: Dist = Dist()) -> list[float]:
     """One accuracy-matrix row: top-1 (%) on every dataset of the order.

@@ -83,11 +83,14 @@ def add_awc_gradient(params: list[torch.Tensor], anchors: list[torch.Tensor], fi
     """Add ∇[λ·Σ F·(θ−θ₀)²] = 2λ·F·(θ−θ₀) to ``param.grad`` in place, F = scale·g² (detached).
 
     ``fisher_grads`` are the gradients of α·CD + β·ITA from this step (copied before the CE backward).
-    Returns the penalty value λ·Σ F·(θ−θ₀)² as a 0-d tensor (for logging). Fused multi-tensor ops throughout.
+    Returns the penalty value λ·Σ F·(θ−θ₀)² as a 0-d tensor (for logging). One temporary, u = g·(θ−θ₀):
+    grad += 2λ·c·g·u and the penalty is λ·Σ c·‖u‖², all with fused multi-tensor ops.
     """
-    fisher = torch._foreach_mul(fisher_grads, fisher_grads)
-    torch._foreach_mul_(fisher, scales)
-    return add_fisher_gradient(params, anchors, fisher, lam)
+    u = torch._foreach_sub(params, anchors)
+    torch._foreach_mul_(u, fisher_grads)
+    torch._foreach_addcmul_([p.grad for p in params], fisher_grads, u, [2.0 * lam * c for c in scales])
+    norms = torch.stack(torch._foreach_norm(u)).double()
+    return lam * (norms.pow(2) * torch.tensor(scales, dtype=torch.float64, device=norms.device)).sum()
 
 
 @torch.no_grad()

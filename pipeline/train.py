@@ -17,6 +17,7 @@ floating-point summation order). Evaluation splits every test set across ranks; 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ from .dist import Dist
 from .evaluate import TestSet, evaluate_order
 from .losses import classification_loss
 from .methods import TaskContext, get_method
+from .methods.base import student_features
 from .models import (
     ClipSpec,
     eval_resize,
@@ -311,19 +313,10 @@ def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tes
     return run_dir
 
 
-def _forward(module):
-    """A step's student forward: (image features, text features), both L2-normalised."""
-    def forward(images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = module(images, tokens)
-        return out[0], out[1]
-
-    return forward
-
-
 def _train_task(config, index, task, model, replica, dist, initial_state, method, datasets, synth, size, tokenize,
                 generator, device, amp, run_dir, progress) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
-    forward = _forward(replica if replica is not None else model)
+    forward = functools.partial(student_features, replica if replica is not None else model)
     real_seed, replay_seed = torch.randint(0, 2**62, (2,), generator=generator).tolist()
     ctx = TaskContext(index, task, model, initial_state, config, device, params,
                       [p.detach().clone() for p in params] if method.uses_anchor else [], dist, forward,
@@ -345,34 +338,9 @@ def _train_task(config, index, task, model, replica, dist, initial_state, method
         for step in range(config.iterations):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, base_lr, config.warmup, config.iterations)
-            optimizer.zero_grad(set_to_none=True)
-            terms: dict[str, torch.Tensor] = {}
-            if replay is not None:
-                batch = replay.next()
-                with autocast:
-                    terms = method.replay_terms(ctx, batch)
-                if terms:
-                    sum(terms.values()).backward()
-            method.after_replay_backward(ctx)
-            batch = real.next()
-            with autocast:
-                img, txt = forward(batch.images, class_tokens)
-                ce = classification_loss(img, txt, batch.labels)
-            ce.backward()
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            penalties = method.adjust_gradients(ctx)
-            values = {"ce": ce, **terms, **penalties}
-            # one small all-reduce: every rank sees the same (mean) losses, so all stop together when one is bad
-            stacked = dist.all_reduce(torch.stack([v.detach().float() for v in values.values()]), op="mean")
-            if not torch.isfinite(stacked).all():
-                bad = [k for k, v in zip(values, stacked.tolist(), strict=True) if not math.isfinite(v)]
-                raise NonFiniteLossError(f"{', '.join(bad)} became non-finite at task {index + 1} ({task}), step {step}; "
-                                         "the run stopped and keeps its last finished task's checkpoint")
-            optimizer.step()
+            losses = run_step(ctx, method, replay.next() if replay is not None else None, real.next(), class_tokens,
+                              optimizer, autocast, step=step)
             method.after_step(ctx, step)
-            losses = dict(zip(values, stacked.tolist(), strict=True))
             progress.step(losses)
             if metrics and (step % 10 == 0 or step == config.iterations - 1):
                 metrics.write(json.dumps({"task": task, "index": index, "step": step,
@@ -382,6 +350,49 @@ def _train_task(config, index, task, model, replica, dist, initial_state, method
             metrics.close()
     method.end_task(ctx)
     progress.end_task()
+
+
+def run_step(ctx: TaskContext, method, replay_batch, real_batch, class_tokens: torch.Tensor, optimizer, autocast, *,
+             step: int = 0, mark=None, update: bool = True) -> dict[str, float]:
+    """One training step, the hook contract of ``methods/base.py``; returns the losses (mean over ranks).
+
+    ``mark(phase)`` is called after each phase (replay, awc, ce, awc, optimizer) for the benchmark's timings;
+    ``update=False`` skips the optimiser (FLOP counting).
+    """
+    mark = mark or (lambda phase: None)
+    optimizer.zero_grad(set_to_none=True)
+    terms: dict[str, torch.Tensor] = {}
+    if replay_batch is not None:
+        with autocast:
+            terms = method.replay_terms(ctx, replay_batch)
+        if terms:
+            sum(terms.values()).backward()
+    mark("replay")  # teacher forward + student forward/backward on the replayed batch
+    method.after_replay_backward(ctx)
+    mark("awc")
+    with autocast:
+        img, txt = ctx.local_features(real_batch.images, class_tokens)
+        ce = classification_loss(img, txt, real_batch.labels)
+    ce.backward()
+    for p in ctx.params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    mark("ce")  # student forward/backward on the real batch and the task's class texts
+    penalties = method.adjust_gradients(ctx)
+    mark("awc")
+    values = {"ce": ce, **terms, **penalties}
+    losses = {}
+    if update:
+        # one small all-reduce: every rank sees the same (mean) losses, so all stop together when one is bad
+        stacked = ctx.dist.all_reduce(torch.stack([v.detach().float() for v in values.values()]), op="mean")
+        if not torch.isfinite(stacked).all():
+            bad = [k for k, v in zip(values, stacked.tolist(), strict=True) if not math.isfinite(v)]
+            raise NonFiniteLossError(f"{', '.join(bad)} became non-finite at task {ctx.index + 1} ({ctx.task}), "
+                                     f"step {step}; the run stopped and keeps its last finished task's checkpoint")
+        optimizer.step()
+        losses = dict(zip(values, stacked.tolist(), strict=True))
+    mark("optimizer")
+    return losses
 
 
 def _finish_task(run_dir: Path, state: dict, model, index: int, row: list[float], config: TrainConfig,

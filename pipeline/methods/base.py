@@ -57,14 +57,18 @@ class TaskContext:
     def features(self, images: torch.Tensor | None, tokens: torch.Tensor | None = None):
         """Student image and text features (L2-normalised; None for a missing input) of the whole batch, from
         this rank's share."""
-        img, txt = self.forward(images, tokens) if self.forward else _both(self.student, images, tokens)
+        img, txt = self.local_features(images, tokens)
         return (None if img is None else self.gather(img)), (None if txt is None else self.gather(txt))
+
+    def local_features(self, images: torch.Tensor | None, tokens: torch.Tensor | None = None):
+        """The same for this rank's share only (CE on the real batch, whose mean DDP averages over ranks)."""
+        return self.forward(images, tokens) if self.forward else student_features(self.student, images, tokens)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         return self.dist.gather(x)
 
 
-def _both(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def student_features(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out = model(images, tokens)  # open_clip's forward: normalised features, then the logit scale (and bias)
     return out[0], out[1]
 
