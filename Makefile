@@ -15,6 +15,7 @@ STEPS ?= 50
 GUIDANCE ?= 7.5
 BATCH ?= 16
 GPUS ?= 1
+GENERATE_ARGS ?=
 # train
 ORDER ?= II
 METHOD ?= gift
@@ -30,13 +31,13 @@ MINI_ARGS = --runs demo-out/runs --shards demo-out/shards --clip tiny --clip-wei
 STORE ?=
 SET ?=
 GEN_ARGS = --model $(MODEL) --out $(OUT) --steps $(STEPS) --guidance $(GUIDANCE) --batch-size $(BATCH) --gpus $(GPUS) \
-           $(if $(PER_CLASS),--per-class $(PER_CLASS))
+           $(if $(PER_CLASS),--per-class $(PER_CLASS)) $(GENERATE_ARGS)
 
 .PHONY: help install test lint demo generate tasks shards-ls verify push pull store-ls train table data-check bench bench-generate clean-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "  generate: TASK=$(TASK) MODEL=$(MODEL) OUT=$(OUT) PER_CLASS=<per task> STEPS=$(STEPS) GUIDANCE=$(GUIDANCE) BATCH=$(BATCH) GPUS=$(GPUS)"
+	@echo "  generate: TASK=$(TASK) MODEL=$(MODEL) OUT=$(OUT) PER_CLASS=<per task> STEPS=$(STEPS) GUIDANCE=$(GUIDANCE) BATCH=$(BATCH) GPUS=$(GPUS) GENERATE_ARGS='$(GENERATE_ARGS)'"
 	@echo "  train:    ORDER=$(ORDER) METHOD=$(METHOD) DATA=$(DATA) OUT=$(OUT) TRAIN_ARGS='$(TRAIN_ARGS)'"
 	@echo "  sharing:  STORE=<dir | ssh://host/path | https://...> SET=<OUT or OUT/<task>/<hash> (push), STORE/<task>/<hash> (pull)>"
 	@echo "  table:    ORDER=$(ORDER) METHODS=$(METHODS) (presets/groups: gift table --list) DATA=$(DATA) OUT=$(OUT) TABLE_ARGS='$(TABLE_ARGS)'"

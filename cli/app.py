@@ -160,6 +160,9 @@ def generate(
     download: bool = typer.Option(False, "--download", help="Allow fetching weights from the Hub (default: local files only)."),
     device: str = typer.Option(None, help="cuda | cpu (default: cuda:LOCAL_RANK when a GPU is present, else cpu)."),
     gpus: int = typer.Option(1, help="Processes to launch with torchrun (one per GPU); rank r renders shards r, r+N, ..."),
+    fuse_qkv: bool = typer.Option(False, "--fuse-qkv", help="Speed-up: fused query/key/value projections (numerics only: recorded per shard)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Speed-up: NHWC layout for UNet and VAE (numerics only: recorded per shard)."),
+    compile_unet: bool = typer.Option(False, "--compile", help="Speed-up: torch.compile the UNet; minutes of compilation first (numerics only: recorded per shard)."),
 ) -> None:
     """Render TASK's class prompts into a resumable, verifiable shard set."""
     if gpus > 1 and "RANK" not in os.environ:
@@ -168,6 +171,7 @@ def generate(
     import torch
 
     from pipeline.generate import default_device, generate, resolve_spec
+    from pipeline.generators import Speedups
 
     with _clean_errors():
         dev = torch.device(device) if device else default_device()
@@ -182,7 +186,8 @@ def generate(
         )
         progress = RichProgress(f"{task} ({spec.generator})", enabled=os.environ.get("RANK", "0") == "0")
         try:
-            result = generate(spec, out_dir, batch_size=batch_size, device=dev, progress=progress, allow_download=download)
+            result = generate(spec, out_dir, batch_size=batch_size, device=dev, progress=progress, allow_download=download,
+                              speedups=Speedups(fuse_qkv, channels_last, compile_unet))
         finally:
             progress.stop()
     if result.manifest is not None:
@@ -307,11 +312,12 @@ def shards_info(set_path: Path = typer.Argument(..., help="A set directory (ROOT
         out.print(f"{m['samples']} images ({m['flagged']} flagged), {m['bytes'] / 1e6:.1f} MB, "
                   f"{len(m['shards'])}/{m['num_shards']} shards")
         out.print_json(data={"spec": m["spec"], "versions": m["versions"]})
-        table = Table("shard", "samples", "flagged", "MB", "sha256", "device", "dtype", "batch")
+        table = Table("shard", "samples", "flagged", "MB", "sha256", "device", "dtype", "batch", "speed-ups")
         for s in m["shards"]:
             r = s["render"]
             table.add_row(f"{s['index']:06d}", str(s["samples"]), str(s["flagged"]), f"{s['bytes'] / 1e6:.1f}",
-                          s["sha256"][:16], str(r.get("device")), str(r.get("dtype")), str(r.get("batch_size")))
+                          s["sha256"][:16], str(r.get("device")), str(r.get("dtype")), str(r.get("batch_size")),
+                          ", ".join(r.get("speedups", [])) or "none")
         out.print(table)
 
 

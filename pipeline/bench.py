@@ -109,7 +109,8 @@ def summary(facts: dict, wall_s: float, took: dict[str, tuple[float, float]], qu
          get(t, "gpu_best", "{gpu_best}", NOT_ON_GPU) if gpu else
          NOT_ON_GPU + get(t, "cpu_step_s", " (CPU, {cpu_batch}: {cpu_step_s:.2f} s/step)", "")),
         ("AWC on top of CD + ITA", "≤ 3% of step time, 0 extra matmuls",
-         get(t, "awc_share", "CPU, {cpu_batch}: AWC {awc_share:.1%} of the step ({awc_s:.2f} s, batch-independent); "
+         get(t, "awc_share", "CPU, {goal_batch}: AWC {goal_share:.1%} of the step; at {cpu_batch}: {awc_share:.1%} "
+             "({awc_s:.2f} s, batch-independent); "
              "matmul FLOPs +{awc_extra_flops:.0f} (counted); GPU: " + (get(t, "gpu_awc", "{gpu_awc}") if gpu else NOT_ON_GPU))),
         ("evaluation", "each test set decoded once per run",
          get(d, "eval_decodes", "decodes per test image over a run of {evaluations} evaluations: {eval_decodes} "

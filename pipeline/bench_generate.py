@@ -23,6 +23,7 @@ from PIL import Image
 from shards.writer import ShardWriter
 
 from .generate import encode, generate, library_versions, make_generator, plan, resolve_spec
+from .generators import Speedups
 
 SD15_TFLOP_PER_IMAGE = 82.9  # 512x512, 50 steps, classifier-free guidance (UNet x2 per step + VAE decode)
 
@@ -41,6 +42,15 @@ def bench_tiny_cpu(batch_sizes=(1, 4, 16), steps: int = 50, images: int = 16) ->
     gen = make_generator(spec, cpu)
     rows = plan(spec)
     return [(b, _rate(lambda b=b: gen.render(rows[:b]), b, max(1, images // b))) for b in batch_sizes]
+
+
+def bench_tiny_variants(batch: int = 16, steps: int = 50, try_compile: bool = True) -> list[tuple[str, float]]:
+    """`gift generate`'s speed-ups on the tiny pipeline on CPU (what CPU can say: that they run and what they
+    cost or save here; GPU kernels behave differently)."""
+    from .tiny_sd import SD15_SCHEDULER_CONFIG, TINY_SIZE, build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(SD15_SCHEDULER_CONFIG, safety_checker=False)
+    return bench_variants(pipe, "cpu", batch, steps=steps, size=TINY_SIZE, try_compile=try_compile, repeats=2)
 
 
 def bench_write_overhead(per_class: int = 4, steps: int = 50) -> dict:
@@ -103,6 +113,51 @@ def peak_tflops(device_name: str) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
 
 
+VARIANTS = (  # cumulative, in this order, on one pipeline: each row adds one speed-up to the row above
+    ("classic attention (no SDPA; unoptimised)", None),
+    ("SDPA (default)", Speedups()),
+    ("SDPA + `--fuse-qkv`", Speedups(fuse_qkv=True)),
+    ("SDPA + `--fuse-qkv --channels-last`", Speedups(channels_last=True)),
+    ("SDPA + `--fuse-qkv --channels-last --compile`", Speedups(compile=True)),
+)
+
+
+def _render_call(pipe, device: str, batch: int, steps: int, size: int):
+    """One pipeline call of ``batch`` images at cfg 7.5, waited for."""
+    prompts = ["a photo of a tench."] * batch
+
+    def call():
+        pipe(prompts, num_inference_steps=steps, guidance_scale=7.5, height=size, width=size,
+             generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)], output_type="pil")
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return call
+
+
+def bench_variants(pipe, device: str, batch: int, *, steps: int, size: int, try_compile: bool = True,
+                   repeats: int = 1) -> list[tuple[str, float]]:
+    """Images/s of ``pipe`` with the classic attention processor, then the default path, then each of
+    `gift generate`'s speed-ups added in turn (applied by the same ``Speedups.apply`` the command uses).
+    Compilation happens in the warm-up call, outside the timing."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    call = _render_call(pipe, device, batch, steps, size)
+    pipe.set_progress_bar_config(disable=True)
+    rows = []
+    for label, speedups in VARIANTS:
+        if speedups is None:
+            pipe.unet.set_attn_processor(AttnProcessor())
+        elif not speedups.names:
+            pipe.unet.set_attn_processor(AttnProcessor2_0())
+        elif speedups.compile and not try_compile:
+            continue
+        else:
+            speedups.apply(pipe)
+        rows.append((label, _rate(call, batch, repeats)))
+    return rows
+
+
 def bench_sd15(
     device: str = "cuda",
     dtypes: tuple[str, ...] = ("fp16", "bf16"),
@@ -112,38 +167,21 @@ def bench_sd15(
     size: int = 512,
     try_compile: bool = True,
 ) -> list[dict]:
-    """Images/s of the SD v1.5 architecture (random weights): every batch size with the default path
-    (SDPA attention), then at ``variant_batch``: classic attention, channels_last, torch.compile."""
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
+    """Images/s of the SD v1.5 architecture (random weights): every batch size with the default path, then
+    the variants (classic attention, then each speed-up added in turn) at ``variant_batch``."""
     from .generators import DTYPES
     from .sd15_arch import build_sd15_random
 
     results = []
-    prompts = ["a photo of a tench."] * max(batch_sizes + (variant_batch,))
-
-    def run(pipe, b: int, label: str, dtype: str) -> None:
-        def call():
-            pipe(prompts[:b], num_inference_steps=steps, guidance_scale=7.5, height=size, width=size,
-                 generator=[torch.Generator("cpu").manual_seed(i) for i in range(b)], output_type="pil")
-            if device == "cuda":
-                torch.cuda.synchronize()
-        results.append({"config": f"{dtype} {label}", "batch": b, "images_s": _rate(call, b, 1)})
-
     for dtype in dtypes:
         pipe = build_sd15_random(DTYPES[dtype], device=device)
         pipe.set_progress_bar_config(disable=True)
         for b in batch_sizes:
-            run(pipe, b, "SDPA (default)", dtype)
-        pipe.unet.set_attn_processor(AttnProcessor())
-        run(pipe, variant_batch, "classic attention (no SDPA)", dtype)
-        pipe.unet.set_attn_processor(AttnProcessor2_0())
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-        run(pipe, variant_batch, "SDPA + channels_last", dtype)
-        if try_compile:
-            pipe.unet = torch.compile(pipe.unet, fullgraph=True)
-            run(pipe, variant_batch, "SDPA + channels_last + torch.compile(unet)", dtype)
+            rate = _rate(_render_call(pipe, device, b, steps, size), b, 1)
+            results.append({"config": f"{dtype} SDPA (default)", "batch": b, "images_s": rate})
+        for label, rate in bench_variants(pipe, device, variant_batch, steps=steps, size=size,
+                                          try_compile=try_compile):
+            results.append({"config": f"{dtype} {label}", "batch": variant_batch, "images_s": rate})
         del pipe
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -171,9 +209,11 @@ def render_body(quick: bool = False) -> tuple[str, dict]:
     versions = library_versions()
     if quick:
         tiny = bench_tiny_cpu(batch_sizes=(1, 2), steps=2, images=2)
+        variants = bench_tiny_variants(batch=2, steps=2, try_compile=False)
         procs = bench_processes(per_class=1, steps=2, size=32, batch=4, shard_size=5, rounds=1)
     else:
         tiny = bench_tiny_cpu()
+        variants = bench_tiny_variants()
         procs = bench_processes()
     w = bench_write_overhead(per_class=1, steps=2) if quick else bench_write_overhead()
     sd15, sd15_best = sd15_rows()
@@ -193,6 +233,17 @@ def render_body(quick: bool = False) -> tuple[str, dict]:
         "| batch | images/s | vs batch 1 |",
         "|---:|---:|---:|",
         *[f"| {b} | {r:.2f} | {r / tiny[0][1]:.2f}x |" for b, r in tiny],
+        "",
+        f"### `gift generate` speed-ups on the tiny pipeline (CPU, batch {16 if not quick else 2}, cumulative)",
+        "",
+        "Each row adds one option to the row above, on one pipeline, through the same `Speedups.apply` the "
+        "command uses; compilation happens in an untimed warm-up call. The tiny UNet is a few small "
+        "convolutions on CPU, so these ratios say the options run and what they do here, not what they do "
+        "to SD v1.5 on a GPU (the GPU table below measures that when a GPU is present).",
+        "",
+        "| path | images/s | vs default |",
+        "|---|---:|---:|",
+        *[f"| {label} | {r:.2f} | {r / dict(variants)['SDPA (default)']:.2f}x |" for label, r in variants],
         "",
         "### Everything that is not rendering",
         "",

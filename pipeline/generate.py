@@ -44,6 +44,7 @@ from .generators import (
     Generator,
     PlanRow,
     ReferenceGenerator,
+    Speedups,
     load_sd15,
     set_scheduler,
 )
@@ -179,7 +180,8 @@ def plan(spec: GenerateSpec) -> list[PlanRow]:
     return rows
 
 
-def make_generator(spec: GenerateSpec, device: torch.device, *, allow_download: bool = False) -> Generator:
+def make_generator(spec: GenerateSpec, device: torch.device, *, allow_download: bool = False,
+                   speedups: Speedups = Speedups()) -> Generator:
     if spec.generator == "reference":
         return ReferenceGenerator(Path(spec.model), catalog.get_task(spec.task).classnames, spec.seed, spec.size)
     if spec.generator == "tiny":
@@ -191,7 +193,7 @@ def make_generator(spec: GenerateSpec, device: torch.device, *, allow_download: 
                          safety_checker=spec.safety_checker, allow_download=allow_download)
     set_scheduler(pipe, spec.scheduler)
     return DiffusersGenerator(pipe, steps=spec.steps, guidance=spec.guidance, size=spec.size,
-                              negative_prompt=spec.negative_prompt, device=device)
+                              negative_prompt=spec.negative_prompt, device=device, speedups=speedups)
 
 
 def encode(image: Image.Image, spec: GenerateSpec) -> bytes:
@@ -246,6 +248,7 @@ def generate(
     progress: Progress | None = None,
     allow_download: bool = False,
     generator: Generator | None = None,
+    speedups: Speedups = Speedups(),
 ) -> GenerateResult:
     """Render (or finish) the set of ``spec`` under ``out``; returns where it is and what was done.
 
@@ -280,7 +283,7 @@ def generate(
     if todo:
         log.info("rank %d: rendering %d shard(s) of %s (%d already done)", dist.rank, len(todo), set_path, len(result.skipped_shards))
         try:
-            generator = generator or make_generator(spec, device, allow_download=allow_download)
+            generator = generator or make_generator(spec, device, allow_download=allow_download, speedups=speedups)
         except BaseException:
             if dist.rank == 0:
                 _remove_if_empty(set_path)
@@ -288,6 +291,8 @@ def generate(
         render = {"device": device_name(device), "dtype": spec.dtype, "batch_size": batch_size}
         if device.type == "cpu":  # CPU kernels reduce in a thread-count-dependent order
             render["threads"] = torch.get_num_threads()
+        if speedups.names and spec.generator != "reference":
+            render["speedups"] = speedups.names
         for i in todo:
             record = _render_shard(generator, spec, set_path, i, shards[i], batch_size, render, progress, result)
             result.rendered_shards.append(i)

@@ -50,12 +50,45 @@ class Generator(Protocol):
     def render(self, rows: Sequence[PlanRow]) -> list[Image.Image | None]: ...
 
 
+@dataclass(frozen=True)
+class Speedups:
+    """Faster rendering that changes pixels only numerically, like the batch size: recorded per shard, not
+    part of the spec's hash. All are opt-in until ``make bench`` on a GPU shows which help there.
+
+    - ``fuse_qkv``: one projection matmul for query, key and value in every attention layer (diffusers'
+      ``fuse_qkv_projections``).
+    - ``channels_last``: NHWC memory layout for the UNet and VAE convolutions.
+    - ``compile``: ``torch.compile`` of the UNet (minutes of compilation per process before the first image;
+      a partial last batch compiles once more).
+    """
+
+    fuse_qkv: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def names(self) -> list[str]:
+        return [name.replace("_", "-") for name in ("fuse_qkv", "channels_last", "compile") if getattr(self, name)]
+
+    def apply(self, pipe) -> None:
+        if self.fuse_qkv:
+            pipe.fuse_qkv_projections()
+        if self.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        if self.compile:
+            pipe.unet = torch.compile(pipe.unet)
+
+
 class DiffusersGenerator:
     """Renders a batch with a ``StableDiffusionPipeline``; each image has its own seeded CPU generator,
-    so image i depends only on its prompt and seed (and, numerically, on batch size, dtype and device)."""
+    so image i depends only on its prompt and seed (and, numerically, on batch size, dtype, device and
+    ``speedups``)."""
 
-    def __init__(self, pipe, *, steps: int, guidance: float, size: int, negative_prompt: str, device: torch.device):
+    def __init__(self, pipe, *, steps: int, guidance: float, size: int, negative_prompt: str, device: torch.device,
+                 speedups: Speedups = Speedups()):
         self.pipe = pipe.to(device)
+        speedups.apply(self.pipe)
         self.pipe.set_progress_bar_config(disable=True)
         self.steps, self.guidance, self.size = steps, guidance, size
         self.negative_prompt = negative_prompt or None

@@ -24,7 +24,8 @@ def test_quick_bench_writes_every_section_in_place(tmp_path):
                 "| one MTIL order end to end |", "1 process ×", "2 processes ×", "| **AWC** (copy of the replay gradients",
                 "released code's AWC", "FLOPs counted by `FlopCounterMode`", "(**+0**)", "| classes in the task |",
                 "decoded + resized + tokenised every step", "| workers | images/s |", "`TestSet` cache (default) | 1 |",
-                "not measured on a GPU yet"):
+                "not measured on a GPU yet", "| SDPA + `--fuse-qkv --channels-last` |", "| step at 3 + 3, AWC on |",
+                "classic attention (no SDPA; unoptimised)"):
         assert row in text, row
     main(["--quick", "--out", str(out), "--only", "data"])  # one section again: replaced, nothing duplicated
     again = out.read_text()
@@ -60,3 +61,4 @@ def test_gpu_step_path_runs_on_cpu():
     assert len(lines) == 2 + len(configs) + 7 and "steps/s" in facts["gpu_best"]
     lines, facts = gpu_lines(None, 10**12, 10**9)
     assert "not measured on a GPU yet" in lines[-1] and facts == {}
+

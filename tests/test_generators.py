@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from pipeline.generate import generate, make_generator, plan, resolve_spec
-from pipeline.generators import DiffusersGenerator
+from pipeline.generators import DiffusersGenerator, Speedups
 from pipeline.tiny_sd import build_tiny_pipeline
 from shards.manifest import load_manifest, read_rows
 from shards.reader import iter_samples
@@ -61,6 +61,30 @@ def test_image_depends_only_on_its_prompt_and_seed():
     assert diff.abs().max() <= 2
 
 
+def test_speedups_change_pixels_only_numerically_and_are_recorded(tmp_path):
+    """`--fuse-qkv --channels-last` really switch the pipeline over, render the same set (same address) to
+    within rounding, and every shard records them."""
+    gen = make_generator(resolve_spec("mnist", model="tiny", device=CPU), CPU, speedups=Speedups(True, True))
+    assert {type(p).__name__ for p in gen.pipe.unet.attn_processors.values()} == {"FusedAttnProcessor2_0"}
+    assert gen.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+    args = ("--per-class", "2", "--steps", "3", "--size", "32", "--format", "png", "--shard-size", "10")
+    plain = run_gift("generate", "mnist", "--model", "tiny", *args, "--out", tmp_path / "plain")
+    fast = run_gift("generate", "mnist", "--model", "tiny", *args, "--out", tmp_path / "fast",
+                    "--fuse-qkv", "--channels-last")
+    assert plain.returncode == 0 and fast.returncode == 0, plain.stderr + fast.stderr
+    (a,), (b,) = (list((tmp_path / d / "mnist").iterdir()) for d in ("plain", "fast"))
+    assert a.name == b.name  # numerics-only options do not change the set's address
+    ma, mb = load_manifest(a), load_manifest(b)
+    assert all("speedups" not in s["render"] for s in ma["shards"])
+    assert [s["render"]["speedups"] for s in mb["shards"]] == [["fuse-qkv", "channels-last"]] * 2
+    pixels = {d: [torch.tensor(list(s.pil().tobytes()), dtype=torch.int16) for s in iter_samples(d, [0, 1])]
+              for d in (a, b)}
+    assert len(pixels[a]) == len(pixels[b]) == 20
+    assert max(int((x - y).abs().max()) for x, y in zip(pixels[a], pixels[b], strict=True)) <= 2
+    assert verify_set(b).ok
+
+
 def _reference_folder(root, classnames, colours):
     for name, colour in zip(classnames, colours, strict=True):
         folder = root / name.replace("/", "_")
@@ -113,11 +137,13 @@ def test_sd15_architecture_matches_the_released_model():
 
 
 def test_sd15_benchmark_path_runs_on_cpu():
-    """The GPU benchmark's code path (build, SDPA/classic attention, channels_last), tiny work on CPU."""
-    from pipeline.bench_generate import bench_sd15
+    """The GPU benchmark's code path on the SD v1.5 architecture (build, batch sizes, classic attention, then
+    each `gift generate` speed-up added in turn), tiny work on CPU; torch.compile left out."""
+    from pipeline.bench_generate import VARIANTS, bench_sd15
 
-    results = bench_sd15(device="cpu", dtypes=("fp32",), batch_sizes=(1,), variant_batch=1, steps=1, size=64,
+    results = bench_sd15(device="cpu", dtypes=("fp32",), batch_sizes=(1, 2), variant_batch=1, steps=1, size=64,
                          try_compile=False)
-    assert [r["config"] for r in results] == ["fp32 SDPA (default)", "fp32 classic attention (no SDPA)",
-                                              "fp32 SDPA + channels_last"]
+    assert [(r["config"], r["batch"]) for r in results] == (
+        [("fp32 SDPA (default)", 1), ("fp32 SDPA (default)", 2)]
+        + [(f"fp32 {label}", 1) for label, s in VARIANTS if s is None or not s.compile])
     assert all(r["images_s"] > 0 for r in results)
