@@ -402,7 +402,7 @@ def train(
     warmup: int = typer.Option(100, help="Linear warm-up steps before the cosine schedule."),
     seed: int = typer.Option(0, help="Seed of every task's RNGs and of the synthetic draw."),
     precision: str = typer.Option("fp32", help="fp32 | bf16 (autocast)."),
-    workers: int = typer.Option(4, help="Data-loader workers for the real data."),
+    workers: int = typer.Option(None, help="Data-loader workers per process for the real data and the one-time test-set decode (default: one per spare core, at most 8; results do not depend on it, and it may change when a run resumes)."),
     cd: bool = typer.Option(True, "--cd/--no-cd", help="GIFT: contrastive distillation."),
     ita: bool = typer.Option(True, "--ita/--no-ita", help="GIFT: image-text alignment."),
     awc: bool = typer.Option(True, "--awc/--no-awc", help="GIFT: adaptive weight consolidation."),

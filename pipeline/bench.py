@@ -90,7 +90,7 @@ def machine_lines() -> list[str]:
         f"- OpenMP wait policy: {os.environ.get('OMP_WAIT_POLICY', 'unset (libgomp spins, then sleeps)')}. `make bench` "
         "sets PASSIVE unless told otherwise: idle OpenMP threads sleep instead of spinning. That changes no "
         "result, but with the default policy, on a machine whose cores other work shares, two-thread kernels "
-        "stalled 5-25x (one tiny-SD render: 0.5-10 s instead of 0.1 s) and `make bench` took 18 min instead of 4.",
+        "stalled 5-25x (one tiny-SD render: 0.5-10 s instead of 0.1 s) and a `make bench` of the time (without the 64 + 64 step) took 18 min instead of 4.",
     ]
 
 

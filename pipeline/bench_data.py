@@ -234,7 +234,8 @@ def run(quick: bool = False) -> tuple[str, dict]:
         "",
         f"At {one['images_s']:.0f} images/s per worker, {need:.0f} images/s takes about "
         f"{need / one['images_s']:.0f} worker cores of this kind (worker count × per-worker rate, measured here; "
-        "the trainer's default is `--workers 4`).",
+        "the trainer's default is one worker per spare core, at most 8: 8 workers at this rate supply "
+        f"{8 * one['images_s'] / need:.1f}x what the GPU goal needs).",
         "",
         f"### Evaluation: test images decoded once per run ({ev['evaluations']} evaluations of {ev['images']} images)",
         "",

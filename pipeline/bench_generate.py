@@ -135,6 +135,19 @@ def _render_call(pipe, device: str, batch: int, steps: int, size: int):
     return call
 
 
+def _decode_call(pipe, device: str, batch: int, size: int):
+    """The VAE decode of one batch of latents, waited for (the last stage of every render)."""
+    latents = torch.randn(batch, 4, size // 8, size // 8, device=device, dtype=pipe.vae.dtype)
+
+    def call():
+        with torch.inference_mode():
+            pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return call
+
+
 def bench_variants(pipe, device: str, batch: int, *, steps: int, size: int, try_compile: bool = True,
                    repeats: int = 1) -> list[tuple[str, float]]:
     """Images/s of ``pipe`` with the classic attention processor, then the default path, then each of
@@ -179,6 +192,8 @@ def bench_sd15(
         for b in batch_sizes:
             rate = _rate(_render_call(pipe, device, b, steps, size), b, 1)
             results.append({"config": f"{dtype} SDPA (default)", "batch": b, "images_s": rate})
+        results.append({"config": f"{dtype} VAE decode alone (part of every row)", "batch": variant_batch,
+                        "images_s": _rate(_decode_call(pipe, device, variant_batch, size), variant_batch, 3)})
         for label, rate in bench_variants(pipe, device, variant_batch, steps=steps, size=size,
                                           try_compile=try_compile):
             results.append({"config": f"{dtype} {label}", "batch": variant_batch, "images_s": rate})

@@ -91,7 +91,7 @@ class ImageStream:
         self.device, self.normalized = device, normalized
         self.stream = IndexStream(len(dataset), batch, torch.Generator().manual_seed(seed), dist)
         self.loader = DataLoader(Augmented(dataset, transform), batch_sampler=_BatchSampler(self.stream),
-                                 num_workers=workers, persistent_workers=False)
+                                 num_workers=workers, persistent_workers=False, pin_memory=device.type == "cuda")
         self._it = None
 
     def next(self) -> SynthBatch:

@@ -144,6 +144,6 @@ def test_sd15_benchmark_path_runs_on_cpu():
     results = bench_sd15(device="cpu", dtypes=("fp32",), batch_sizes=(1, 2), variant_batch=1, steps=1, size=64,
                          try_compile=False)
     assert [(r["config"], r["batch"]) for r in results] == (
-        [("fp32 SDPA (default)", 1), ("fp32 SDPA (default)", 2)]
+        [("fp32 SDPA (default)", 1), ("fp32 SDPA (default)", 2), ("fp32 VAE decode alone (part of every row)", 1)]
         + [(f"fp32 {label}", 1) for label, s in VARIANTS if s is None or not s.compile])
     assert all(r["images_s"] > 0 for r in results)

@@ -84,6 +84,30 @@ def test_a_run_directory_is_never_reused_for_another_config(workspace):
     train(mini_config(workspace, method="finetune", iterations=2, name="fixed"), device=CPU)
     with pytest.raises(RunDirError, match="differs in: iterations"):
         train(mini_config(workspace, method="finetune", iterations=3, name="fixed"), device=CPU)
+    # how the data is fed is not what the run computes: another worker count resumes (here: finds it finished)
+    again = train(mini_config(workspace, method="finetune", iterations=2, name="fixed", workers=None), device=CPU)
+    assert json.loads((again / "config.json").read_text())["workers"] == 0  # the directory keeps its record
+
+
+def test_real_batches_do_not_depend_on_the_worker_count():
+    """Crops are seeded per sample and batches come from a seeded index stream: 0 and 2 loader processes give
+    the same batches, bit for bit, across an epoch boundary (what lets `--workers` default to the cores)."""
+    from PIL import Image
+
+    from pipeline.dist import Dist
+    from pipeline.models import train_transform
+    from pipeline.replay import ImageStream
+
+    rng = np.random.default_rng(0)
+    data = [(Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)), k % 3) for k in range(10)]
+    batches = {}
+    for workers in (0, 2):
+        stream = ImageStream(data, train_transform(32), 4, 7, Dist(), CPU, workers=workers, normalized=True)
+        batches[workers] = [stream.next() for _ in range(5)]  # 20 draws of 10 images: two epochs
+    for a, b in zip(batches[0], batches[2], strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    crops = torch.cat([b.images for b in batches[0]])
+    assert len({c.sum().item() for c in crops}) == len(crops)  # every draw is its own random crop
 
 
 def test_missing_pool_set_names_the_generate_command(workspace, tmp_path):
