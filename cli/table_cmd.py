@@ -23,7 +23,7 @@ TABLE_HELP = (
 )
 
 # gift train parameter -> TrainConfig field, where the names differ.
-RENAMED = {"clip": "clip_arch"}
+RENAMED = {"clip": "clip_arch", "compile_model": "compile"}
 TABLE_OWNED = ("order", "method", "name", "runs")
 
 

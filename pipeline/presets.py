@@ -230,7 +230,7 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 # decide whether the published numbers apply, see _PAPER_SCALE).
 _NOT_IDENTITY = {"order", "method", "name", "runs", "data_root", "shards", "shard_cache", "shard_family",
                  "reference_images", "reference_texts", "workers", "seed",
-                 "precision", "clip_arch", "clip_weights", "iterations", "batch_size", "synthetic_batch",
+                 "precision", "compile", "clip_arch", "clip_weights", "iterations", "batch_size", "synthetic_batch",
                  "synthetic_budget", "lr", "warmup", "weight_decay"}
 _PAPER_SCALE = {"batch_size", "synthetic_batch", "synthetic_budget", "lr", "warmup", "weight_decay"}
 

@@ -84,6 +84,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 (autocast)
+    compile: bool = False  # torch.compile the student's training forward (numerics only)
     workers: int | None = None  # None: one per spare core, at most 8 (loader_workers)
     # GIFT and its ablations
     cd: bool = True
@@ -303,6 +304,9 @@ def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tes
             # find_unused_parameters: ablations may leave a tower out of the replay loss (image-only, ...).
             replica = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=True)
+        student = replica if replica is not None else model
+        if config.compile and method_cls.trains:  # compiled once, reused by every task (same shapes)
+            student = torch.compile(student)
         method = method_cls(config)
         for index, task in enumerate(order):
             if index < state["finished"]:
@@ -314,7 +318,7 @@ def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tes
                     from .synthetic import load_draw
 
                     synth = load_draw(sets, schedule[index], eval_resize(size), tokenize)
-                _train_task(config, index, task, model, replica, dist, initial_state, method, datasets, synth,
+                _train_task(config, index, task, model, student, dist, initial_state, method, datasets, synth,
                             size, tokenize, generator, device, amp, run_dir, progress)
             row = evaluate_order(model, tasks, tests, tokenize, device, amp, dist)
             progress.evaluated(index, task, row)
@@ -331,10 +335,10 @@ def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tes
     return run_dir
 
 
-def _train_task(config, index, task, model, replica, dist, initial_state, method, datasets, synth, size, tokenize,
+def _train_task(config, index, task, model, student, dist, initial_state, method, datasets, synth, size, tokenize,
                 generator, device, amp, run_dir, progress) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
-    forward = functools.partial(student_features, replica if replica is not None else model)
+    forward = functools.partial(student_features, student)
     real_seed, replay_seed = torch.randint(0, 2**62, (2,), generator=generator).tolist()
     ctx = TaskContext(index, task, model, initial_state, config, device, params,
                       [p.detach().clone() for p in params] if method.uses_anchor else [], dist, forward,

@@ -51,9 +51,9 @@ def test_released_awc_adds_the_same_gradient_as_ours():
 
 
 def test_gpu_step_path_runs_on_cpu():
-    """The GPU rows' code (configs, eval forward, table) on CPU with the tiny CLIP; torch.compile left out."""
+    """The GPU rows' code (configs, eval forward, table) on CPU with the tiny CLIP."""
     configs = [c for c in GPU_CONFIGS if c[1:4] in (("fp32", False, False), ("tf32", True, False))
-               or c[1:] == ("bf16", True, False, False)]  # foreach/fused AdamW, TF32, bf16 without AWC
+               or c[1:] == ("bf16", True, False, False) or c[3]]  # foreach/fused AdamW, TF32, bf16 w/o AWC, compile
     result = bench_gpu("cpu", "tiny", 2, 2, "eurosat", steps=1, warmup=1, configs=configs, eval_batch=2)
     assert [r["config"] for r in result["rows"]] == [c[0] for c in configs]
     assert all("steps_s" in r for r in result["rows"]), result["rows"]

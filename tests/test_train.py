@@ -171,3 +171,21 @@ def test_two_gloo_processes_match_one_process(workspace):
     # differ in the last bits: at most one image per entry
     one_image = [100 / len(mini.load_split(t, "test")[1]) for t in ("mini-a", "mini-b", "mini-c")]
     assert (np.abs(np.array(acc1) - np.array(acc2)) <= 2 * np.array(one_image) + 1e-9).all(), (acc1, acc2)
+
+
+def test_compiled_training_computes_the_eager_step(workspace):
+    """`--compile` changes numerics only: every logged loss of a short GIFT run (the first step's before any update
+    included) matches the eager run's, and the student really ran through torch.compile."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    runs = {c: train(mini_config(workspace, method="gift", iterations=3, name=f"compile-{c}", compile=c), device=CPU)
+            for c in (False, True)}
+    assert counters["stats"]["unique_graphs"] > 0
+    logged = {c: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for c, d in runs.items()}
+    assert [(r["task"], r["step"]) for r in logged[True]] == [(r["task"], r["step"]) for r in logged[False]]
+    first = logged[False][0]
+    assert first["step"] == 0 and first["cd"] > 0 and first["ita"] > 0
+    for a, b in zip(logged[False], logged[True], strict=True):
+        for term in ("ce", "cd", "ita", "awc"):
+            assert b[term] == pytest.approx(a[term], rel=1e-3, abs=1e-5), (a["task"], a["step"], term)
