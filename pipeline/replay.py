@@ -7,12 +7,23 @@ each rank taking its contiguous share, so N processes see exactly the batches of
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .dist import Dist
-from .methods.base import SynthBatch
 from .models import normalize_uint8
+
+
+@dataclass
+class SynthBatch:
+    """A replayed batch: this rank's share of images (and tokens), the whole batch's prompts."""
+
+    images: torch.Tensor  # normalised [b,3,S,S]
+    tokens: torch.Tensor | None  # [b,77] (None when a method replays images only)
+    prompts: list[str]  # the whole batch's prompts, in rank order (B of them; empty for images only)
+    labels: torch.Tensor | None = None  # [b] where the images come from a labelled dataset
 
 
 class IndexStream:
@@ -83,8 +94,8 @@ class SyntheticStream:
 
 
 class ImageStream:
-    """Batches of a dataset's images through ``transform`` (uint8 for the evaluation transform, normalised on
-    the device), loaded by ``workers`` processes; labels travel along."""
+    """Batches of a dataset's images through ``transform`` (uint8 output is normalised on the device, unless
+    ``normalized`` says the transform already did), loaded by ``workers`` processes; labels travel along."""
 
     def __init__(self, dataset: Dataset, transform, batch: int, seed: int, dist: Dist, device: torch.device,
                  workers: int = 0, normalized: bool = False):

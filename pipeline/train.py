@@ -345,8 +345,8 @@ def _train_task(config, index, task, model, student, dist, initial_state, method
                       synthetic=synth, datasets=datasets, replay_seed=replay_seed, image_size=size, run_dir=run_dir)
     method.begin_task(ctx)
     replay = method.replay_stream(ctx)
-    real = ImageStream(datasets[task], train_transform(size), config.batch_size, real_seed, dist, device,
-                       workers=loader_workers(config) if task not in catalog.MINI_TASKS else 0, normalized=True)
+    real = ImageStream(datasets[task], train_transform(size, uint8=True), config.batch_size, real_seed, dist, device,
+                       workers=loader_workers(config) if task not in catalog.MINI_TASKS else 0)
     spec = catalog.get_task(task)
     class_tokens = tokenize([spec.prompt(c) for c in range(spec.num_classes)]).to(device)
     base_lr = config.lr_for(task)

@@ -102,7 +102,7 @@ def test_real_batches_do_not_depend_on_the_worker_count():
     data = [(Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)), k % 3) for k in range(10)]
     batches = {}
     for workers in (0, 2):
-        stream = ImageStream(data, train_transform(32), 4, 7, Dist(), CPU, workers=workers, normalized=True)
+        stream = ImageStream(data, train_transform(32, uint8=True), 4, 7, Dist(), CPU, workers=workers)
         batches[workers] = [stream.next() for _ in range(5)]  # 20 draws of 10 images: two epochs
     for a, b in zip(batches[0], batches[2], strict=True):
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
@@ -171,6 +171,23 @@ def test_two_gloo_processes_match_one_process(workspace):
     # differ in the last bits: at most one image per entry
     one_image = [100 / len(mini.load_split(t, "test")[1]) for t in ("mini-a", "mini-b", "mini-c")]
     assert (np.abs(np.array(acc1) - np.array(acc2)) <= 2 * np.array(one_image) + 1e-9).all(), (acc1, acc2)
+
+
+def test_uint8_crops_normalised_later_equal_the_float_transform_bit_for_bit():
+    """The trainer ships uint8 crops and normalises them on the device: the same tensor as ToTensor + Normalize."""
+    from PIL import Image
+
+    from pipeline.models import normalize_uint8, train_transform
+
+    rng = np.random.default_rng(1)
+    for k in range(4):
+        image = Image.fromarray(rng.integers(0, 256, (60 + 7 * k, 80, 3), dtype=np.uint8))
+        torch.manual_seed(k)
+        as_float = train_transform(32)(image)
+        torch.manual_seed(k)
+        as_uint8 = train_transform(32, uint8=True)(image)
+        assert as_uint8.dtype == torch.uint8 and as_float.dtype == torch.float32
+        assert torch.equal(normalize_uint8(as_uint8[None])[0], as_float)
 
 
 def test_compiled_training_computes_the_eager_step(workspace):

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..dist import Dist
+from ..replay import SynthBatch  # the batch type of every stream (re-exported)
 
 
 @dataclass
@@ -71,16 +72,6 @@ class TaskContext:
 def student_features(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out = model(images, tokens)  # open_clip's forward: normalised features, then the logit scale (and bias)
     return out[0], out[1]
-
-
-@dataclass
-class SynthBatch:
-    """A replayed batch: this rank's share of images (and tokens), the whole batch's prompts."""
-
-    images: torch.Tensor  # normalised [b,3,S,S]
-    tokens: torch.Tensor | None  # [b,77] (None when a method replays images only)
-    prompts: list[str]  # the whole batch's prompts, in rank order (B of them; empty for images only)
-    labels: torch.Tensor | None = None  # [b] where the images come from a labelled dataset
 
 
 class Method:
