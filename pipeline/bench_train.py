@@ -308,7 +308,7 @@ def gpu_lines(gpu: dict | None, limit_flops: int, image_flops: int) -> tuple[lis
     """The GPU table: measured rows, or one row saying no GPU was here."""
     head = ["| config | steps/s | % of limit | vs unoptimised |", "|---|---:|---:|---:|"]
     if gpu is None:
-        return [*head, f"| fp32, fused AdamW, TF32, bf16 autocast, torch.compile, AWC on/off | {NOT_ON_GPU} (this run had no GPU) | | |"], {}
+        return [*head, f"| fp32, fused AdamW, TF32, bf16 autocast, `--compile`, AWC on/off | {NOT_ON_GPU} (this run had no GPU) | | |"], {}
     peak = peak_tflops(gpu["device"])
     limit = peak * 1e12 / limit_flops if peak else None
     base = next((r["steps_s"] for r in gpu["rows"] if "steps_s" in r), None)

@@ -61,4 +61,3 @@ def test_gpu_step_path_runs_on_cpu():
     assert len(lines) == 2 + len(configs) + 7 and "steps/s" in facts["gpu_best"]
     lines, facts = gpu_lines(None, 10**12, 10**9)
     assert "not measured on a GPU yet" in lines[-1] and facts == {}
-
