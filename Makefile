@@ -50,7 +50,8 @@ $(BIN)/gift: pyproject.toml
 
 install: $(BIN)/gift ## Create .venv and install the project with its test extras (torch from the registry)
 
-test: $(BIN)/gift ## Run the test suite (CPU, offline, tiny models)
+test: $(BIN)/gift ## Run the test suite (CPU, offline, tiny models; installs sshd for the ssh:// tests if missing)
+	@tests/ensure_sshd.sh
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/gift ## ruff
