@@ -22,6 +22,7 @@ from PIL import Image
 
 from shards.writer import ShardWriter
 
+from .bench import times, write_section
 from .generate import encode, generate, library_versions, make_generator, plan, resolve_spec
 from .generators import Speedups
 
@@ -29,11 +30,8 @@ SD15_TFLOP_PER_IMAGE = 82.9  # 512x512, 50 steps, classifier-free guidance (UNet
 
 
 def _rate(fn, images: int, repeats: int) -> float:
-    fn()  # warm-up (allocations, lazy init)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return images * repeats / (time.perf_counter() - t0)
+    """Images/s over ``repeats`` calls of ``fn`` (``images`` each) after one untimed warm-up call."""
+    return images * repeats / sum(times(fn, repeats))
 
 
 def bench_tiny_cpu(batch_sizes=(1, 4, 16), steps: int = 50, images: int = 16) -> list[tuple[int, float]]:
@@ -310,8 +308,6 @@ def run(quick: bool = False) -> tuple[str, dict]:
 
 
 def main() -> None:
-    from .bench import write_section
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     args = parser.parse_args()

@@ -21,7 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import catalog
-from .bench import NOT_ON_GPU, seconds
+from .bench import NOT_ON_GPU, seconds, times
 from .bench_generate import PEAK_BF16_TFLOPS, SD15_TFLOP_PER_IMAGE, peak_tflops
 from .methods import SynthBatch, TaskContext
 from .methods.base import student_features
@@ -270,12 +270,7 @@ def bench_gpu(device: str = "cuda", arch: str = "ViT-B-16", real_batch: int = 64
             step.amp = torch.bfloat16 if precision == "bf16" else None
             if compiled:  # as `gift train --compile` does: the student's forward, not the teacher's
                 step.ctx.forward = functools.partial(student_features, torch.compile(step.model))
-            for _ in range(warmup):
-                step()
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                step()
-            rows.append({"config": label, "steps_s": steps / (time.perf_counter() - t0)})
+            rows.append({"config": label, "steps_s": steps / sum(times(step, steps, warmup))})
         except Exception as e:  # a config that fails (compile on an old stack) is a row, not a crash
             rows.append({"config": label, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"})
         finally:
@@ -293,12 +288,7 @@ def bench_gpu(device: str = "cuda", arch: str = "ViT-B-16", real_batch: int = 64
                 encode_images(model, normalize_uint8(images))
             if dev.type == "cuda":
                 torch.cuda.synchronize()
-        for _ in range(warmup):
-            forward()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            forward()
-        evals.append({"config": label, "images_s": eval_batch * steps / (time.perf_counter() - t0)})
+        evals.append({"config": label, "images_s": eval_batch * steps / sum(times(forward, steps, warmup))})
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
     return {"device": name, "rows": rows, "eval": evals, "task": task, "batch": f"{real_batch} + {synth_batch}",
             "arch": arch, "eval_batch": eval_batch}
