@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from shards.layout import tmp_path
+
 from .catalog import Task
 from .dist import Dist
 from .models import LOGIT_SCALE, encode_images, encode_texts, normalize_uint8
@@ -76,7 +78,7 @@ class TestSet:
         if self.cache.exists():
             return
         self.cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache.with_name(f".{self.cache.name}.tmp-{os.getpid()}")
+        tmp = tmp_path(self.cache)
         out = labels = None
         try:
             offset = 0
@@ -90,7 +92,7 @@ class TestSet:
                 offset += len(images)
             out.flush()
             del out
-            tmp_labels = labels_file.with_name(f".{labels_file.name}.tmp-{os.getpid()}")
+            tmp_labels = tmp_path(labels_file)
             with open(tmp_labels, "wb") as f:
                 np.save(f, labels)
             os.replace(tmp_labels, labels_file)

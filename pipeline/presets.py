@@ -55,9 +55,6 @@ class ShardFamily:
                              f"Render them with `gift generate TASK {flags}` (imagenet and every task of the order)")
         return families[0]
 
-    def accepts(self, value: object) -> bool:
-        return True  # which family a finished run used cannot be checked without its shard sets
-
     def __str__(self) -> str:
         return "<sets with " + ", ".join(f"{k}={v}" for k, v in self.match) + ">"
 
@@ -241,17 +238,11 @@ def _value(cfg: Mapping[str, object], key: str) -> object:
 
 
 def _agrees(preset: Preset, cfg: Mapping[str, object], keys: set[str]) -> bool:
-    for key in keys:
-        want = preset.overrides.get(key, _DEFAULTS.get(key))
-        if isinstance(want, ShardFamily):
-            if not want.accepts(_value(cfg, key)):
-                return False
-        elif _value(cfg, key) != want:
-            return False
-    return True
+    return all(_value(cfg, key) == preset.overrides.get(key, _DEFAULTS.get(key)) for key in keys)
 
 
 def _identity_keys(preset: Preset) -> set[str]:
+    # shard_family is left out: which family a finished run used cannot be checked without its shard sets
     return (set(_DEFAULTS) - _NOT_IDENTITY) | {k for k in preset.overrides if k != "shard_family"}
 
 
@@ -274,7 +265,8 @@ def identify(run_dir: Path, cfg: Mapping[str, object]) -> Preset | None:
 
 
 def comparable(cfg: Mapping[str, object]) -> bool:
-    """The paper's setting (as in ``train._finish_task``): ViT-B/16 OpenAI weights, 1,000 iterations, Order I/II."""
+    """The paper's setting: ViT-B/16 OpenAI weights, 1,000 iterations, Order I/II (reports show the published
+    numbers beside a run only then)."""
     return ((_value(cfg, "clip_arch"), _value(cfg, "clip_weights"), _value(cfg, "iterations"))
             == ("ViT-B-16", "openai", 1000) and cfg.get("order") in ("I", "II"))
 

@@ -9,7 +9,7 @@ replays exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +51,13 @@ def spec_family(spec: dict) -> str:
     return spec_hash({k: v for k, v in spec.items() if k not in ("task", "per_class")})[:16]
 
 
+def spec_filter(family: str | None = None, generator: str | None = None) -> Callable[[dict], bool]:
+    """Which sets a run's pool may use (a manifest -> bool): of spec family ``family`` and of generator
+    ``generator`` (``sd15``, ``tiny``, or ``reference``: real images); None accepts any. The same test picks
+    local sets and the sets fetched from a store."""
+    return lambda m: family in (None, spec_family(m["spec"])) and generator in (None, m["spec"].get("generator"))
+
+
 def find_pool_sets(root: Path, tasks: Sequence[str], family: str | None = None,
                    generator: str | None = None) -> dict[str, Path]:
     """The set of each pool task, all made with one generator spec; clear errors otherwise.
@@ -58,15 +65,12 @@ def find_pool_sets(root: Path, tasks: Sequence[str], family: str | None = None,
     ``family`` picks one spec family by hash; ``generator`` keeps the sets of one generator (``sd15``, ``tiny``,
     or ``reference``: real images, the paper's "real instead of synthetic" ablation).
     """
+    accept = spec_filter(family, generator)
     by_family: dict[str, dict[str, Path]] = {}
     for path in find_sets(Path(root)):
         manifest = load_manifest(path)
-        if generator is not None and manifest["spec"].get("generator") != generator:
-            continue
-        if manifest["task"] in tasks:
+        if manifest["task"] in tasks and accept(manifest):
             by_family.setdefault(spec_family(manifest["spec"]), {})[manifest["task"]] = path
-    if family is not None:
-        by_family = {f: s for f, s in by_family.items() if f == family}
     complete = {f: s for f, s in by_family.items() if all(t in s for t in tasks)}
     if len(complete) == 1:
         return next(iter(complete.values()))

@@ -168,7 +168,7 @@ FREE_ON_RESUME = {"workers", "shard_cache"}
 def loader_workers(config: TrainConfig) -> int:
     """Data-loader processes for the real data of each training process: ``--workers``, or by default one per
     core this process can spare (the cores it may use, shared among the node's processes, minus its own), at
-    most 8. `make bench` measured 226-297 decoded 224² crops/s per worker core; 15 steps/s need 960."""
+    most 8. `make bench` measures a few hundred decoded 224² crops/s per worker core; 15 steps/s need 960."""
     if config.workers is not None:
         return config.workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -214,13 +214,12 @@ def _shards_root(config: TrainConfig, pool: list[str]) -> Path:
     from shards.pull import pool_from_store
     from shards.store import is_url
 
-    from .synthetic import spec_family
+    from .synthetic import spec_filter
 
     if not is_url(config.shards):
         return Path(config.shards)
     cache = Path(config.shard_cache) if config.shard_cache else None
-    return pool_from_store(config.shards, pool, cache,
-                           keep=lambda m: config.shard_family in (None, spec_family(m["spec"])))
+    return pool_from_store(config.shards, pool, cache, keep=spec_filter(config.shard_family, config.replay_generator))
 
 
 def train(config: TrainConfig, progress: Progress | None = None, device: torch.device | None = None) -> Path:
@@ -339,14 +338,16 @@ def _train_task(config, index, task, model, student, dist, initial_state, method
                 generator, device, amp, run_dir, progress) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     forward = functools.partial(student_features, student)
+    workers = loader_workers(config) if task not in catalog.MINI_TASKS else 0  # mini: a few hundred images
     real_seed, replay_seed = torch.randint(0, 2**62, (2,), generator=generator).tolist()
     ctx = TaskContext(index, task, model, initial_state, config, device, params,
                       [p.detach().clone() for p in params] if method.uses_anchor else [], dist, forward,
-                      synthetic=synth, datasets=datasets, replay_seed=replay_seed, image_size=size, run_dir=run_dir)
+                      synthetic=synth, datasets=datasets, replay_seed=replay_seed, image_size=size, run_dir=run_dir,
+                      workers=workers)
     method.begin_task(ctx)
     replay = method.replay_stream(ctx)
     real = ImageStream(datasets[task], train_transform(size, uint8=True), config.batch_size, real_seed, dist, device,
-                       workers=loader_workers(config) if task not in catalog.MINI_TASKS else 0)
+                       workers=workers)
     spec = catalog.get_task(task)
     class_tokens = tokenize([spec.prompt(c) for c in range(spec.num_classes)]).to(device)
     base_lr = config.lr_for(task)
@@ -432,6 +433,7 @@ def _finish_task(run_dir: Path, state: dict, model, index: int, row: list[float]
     atomic_write_bytes(run_dir / "state.json", (json.dumps(state, indent=1) + "\n").encode())
     if old and old != name:
         (run_dir / old).unlink(missing_ok=True)
-    comparable = (config.clip_arch, config.clip_weights, config.iterations) == ("ViT-B-16", "openai", 1000)
+    from .presets import comparable  # presets imports this module
+
     write_report(run_dir, names=order, acc=np.array(state["acc"]), method=config.method, order=config.order,
-                 comparable=comparable and config.order in ("I", "II"))
+                 comparable=comparable(asdict(config)))

@@ -89,6 +89,21 @@ def test_a_run_directory_is_never_reused_for_another_config(workspace):
     assert json.loads((again / "config.json").read_text())["workers"] == 0  # the directory keeps its record
 
 
+def test_default_worker_count_is_a_number_from_the_cores(monkeypatch):
+    """`--workers` unset (None) resolves to a count, never reaches a DataLoader as None: one per spare core of
+    this process's share of the node, at most 8; an explicit count is kept."""
+    import os
+
+    from pipeline.train import loader_workers
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader_workers(TrainConfig()) == max(0, min(8, cores - 1))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))  # one process per core: nothing to spare
+    assert loader_workers(TrainConfig()) == 0
+    assert loader_workers(TrainConfig(workers=3)) == 3
+
+
 def test_real_batches_do_not_depend_on_the_worker_count():
     """Crops are seeded per sample and batches come from a seeded index stream: 0 and 2 loader processes give
     the same batches, bit for bit, across an epoch boundary (what lets `--workers` default to the cores)."""

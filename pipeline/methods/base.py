@@ -17,6 +17,7 @@ its own file, registered in ``methods/__init__.py``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ class TaskContext:
     replay_seed: int = 0  # seed of the replay stream (drawn from the task's generator)
     image_size: int = 224
     run_dir: Path | None = None
+    workers: int = 0  # data-loader processes for image streams this task (resolved: train.loader_workers)
 
     def features(self, images: torch.Tensor | None, tokens: torch.Tensor | None = None):
         """Student image and text features (L2-normalised; None for a missing input) of the whole batch, from
@@ -67,6 +69,11 @@ class TaskContext:
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         return self.dist.gather(x)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A teacher: a copy of ``model`` in eval mode with no gradients."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
 
 
 def student_features(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

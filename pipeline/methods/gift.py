@@ -9,8 +9,6 @@ code (smoothing 0.2, shared positives for duplicate prompts) | paper (identity, 
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from ..losses import (
@@ -24,7 +22,7 @@ from ..losses import (
     image_text_alignment,
 )
 from ..models import encode_images, encode_texts
-from .base import Method, SynthBatch, TaskContext
+from .base import Method, SynthBatch, TaskContext, frozen_copy
 
 DISTILL = ("contrastive", "feature", "image-only", "text-only")
 
@@ -51,9 +49,8 @@ class Gift(Method):
         if cfg.distill not in DISTILL:
             raise ValueError(f"unknown distillation {cfg.distill!r}; choose one of {', '.join(DISTILL)}")
         previous = {k: v.detach().clone() for k, v in ctx.student.state_dict().items()}
-        self.teacher = copy.deepcopy(ctx.student)
+        self.teacher = frozen_copy(ctx.student)
         self.teacher.load_state_dict(teacher_state(cfg.teacher, ctx.initial_state, previous))
-        self.teacher.eval().requires_grad_(False)
         self.fisher_grads: list[torch.Tensor] | None = None
 
     def replay_terms(self, ctx: TaskContext, synth: SynthBatch) -> dict[str, torch.Tensor]:

@@ -22,8 +22,8 @@ from .. import catalog
 from ..evaluate import Transformed
 from ..models import encode_images, encode_texts, eval_resize, normalize_uint8
 from ..models import tokenizer as clip_tokenizer
-from .base import Method, SynthBatch, TaskContext
-from .lwf import _workers, distill_on_teacher_texts, frozen_copy
+from .base import Method, SynthBatch, TaskContext, frozen_copy
+from .lwf import distill_on_teacher_texts
 
 
 def herding(features: torch.Tensor, m: int) -> list[int]:
@@ -56,9 +56,6 @@ class Memory(Dataset):
         task, i = self.refs[k]
         return self.datasets[task][i]
 
-    def classes(self) -> int:
-        return sum(len(by_class) for by_class in self.entries.values())
-
 
 def memory_file(run_dir: Path, tasks_done: int) -> Path:
     return Path(run_dir) / f"icarl-memory-task{tasks_done:02d}.json"
@@ -90,7 +87,7 @@ class ICaRL(Method):
         from ..replay import ImageStream
 
         return ImageStream(Memory(self.entries, ctx.datasets), eval_resize(ctx.image_size),
-                           self.config.synthetic_batch, ctx.replay_seed, ctx.dist, ctx.device, workers=_workers(ctx))
+                           self.config.synthetic_batch, ctx.replay_seed, ctx.dist, ctx.device, workers=ctx.workers)
 
     def replay_terms(self, ctx: TaskContext, batch: SynthBatch) -> dict[str, torch.Tensor]:
         return {"icarl": self.config.alpha * distill_on_teacher_texts(ctx, self.teacher, batch.images, self.texts,
@@ -101,7 +98,7 @@ class ICaRL(Method):
         del self.teacher, self.texts
         dataset = ctx.datasets[ctx.task]
         loader = DataLoader(Transformed(dataset, eval_resize(ctx.image_size)), batch_size=256,
-                            num_workers=_workers(ctx))
+                            num_workers=ctx.workers)
         was_training = ctx.student.training
         ctx.student.eval()
         feats, labels = [], []

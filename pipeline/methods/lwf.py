@@ -8,21 +8,15 @@ prompts, encoded once by the teacher. Logits = 100·image features × teacher te
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from .. import catalog
 from ..losses import contrastive_distillation
 from ..models import encode_images, encode_texts, eval_resize
 from ..models import tokenizer as clip_tokenizer
-from .base import Method, SynthBatch, TaskContext
+from .base import Method, SynthBatch, TaskContext, frozen_copy
 
 SOT, EOT, VOCAB = 49406, 49407, 49408  # CLIP's BPE: start / end of text, vocabulary size
-
-
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    return copy.deepcopy(model).eval().requires_grad_(False)
 
 
 def distill_on_teacher_texts(ctx: TaskContext, teacher, images: torch.Tensor, texts: torch.Tensor, T: float):
@@ -59,7 +53,7 @@ class LwF(Method):
         from ..replay import ImageStream
 
         return ImageStream(ctx.datasets[ctx.task], eval_resize(ctx.image_size), self.config.synthetic_batch,
-                           ctx.replay_seed, ctx.dist, ctx.device, workers=_workers(ctx))
+                           ctx.replay_seed, ctx.dist, ctx.device, workers=ctx.workers)
 
     def replay_terms(self, ctx: TaskContext, batch: SynthBatch) -> dict[str, torch.Tensor]:
         return {"lwf": self.config.alpha * distill_on_teacher_texts(ctx, self.teacher, batch.images, self.texts,
@@ -75,6 +69,3 @@ class LwFVR(LwF):
     def text_tokens(self, ctx: TaskContext) -> torch.Tensor:
         return random_sentences(self.config.random_texts, 10, self.config.seed)
 
-
-def _workers(ctx: TaskContext) -> int:
-    return 0 if ctx.task in catalog.MINI_TASKS else ctx.config.workers

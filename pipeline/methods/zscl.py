@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ..losses import add_l2_gradient, contrastive_distillation
-from ..models import encode_images, encode_texts, eval_resize
+from ..losses import add_l2_gradient
+from ..models import encode_texts, eval_resize
 from ..models import tokenizer as clip_tokenizer
-from .base import Method, SynthBatch, TaskContext
-from .lwf import _workers, frozen_copy
+from .base import Method, SynthBatch, TaskContext, frozen_copy
+from .lwf import distill_on_teacher_texts
 
 
 class ReferenceDataError(ValueError):
@@ -70,16 +70,17 @@ class Ensemble:
 
 
 class _Captions:
-    """Batches of captions from a seeded stream (same on every rank): the whole batch's token ids."""
+    """Batches of captions from a seeded stream (same on every rank): the whole batch's token ids, tokenised
+    per batch (a caption file can hold millions)."""
 
     def __init__(self, captions: list[str], batch: int, seed: int):
         from ..replay import IndexStream
 
-        self.tokens = clip_tokenizer()(captions)
+        self.captions, self.tokenize = captions, clip_tokenizer()
         self.stream = IndexStream(len(captions), batch, torch.Generator().manual_seed(seed))
 
     def next(self) -> torch.Tensor:
-        return self.tokens[self.stream.next_global()[0]]
+        return self.tokenize([self.captions[i] for i in self.stream.next_global()[0].tolist()])
 
 
 class ZSCL(Method):
@@ -96,23 +97,24 @@ class ZSCL(Method):
     def begin_task(self, ctx: TaskContext) -> None:
         self.teacher = frozen_copy(ctx.student)
         self.teacher.load_state_dict(ctx.initial_state)
-        self.captions = _Captions(read_captions(self.config.reference_texts), self.config.synthetic_batch,
-                                  ctx.replay_seed + 1)
+        if not hasattr(self, "reference"):  # read once per run, not per task
+            self.caption_list = read_captions(self.config.reference_texts)
+            self.reference = reference_folder(self.config.reference_images)
+        self.captions = _Captions(self.caption_list, self.config.synthetic_batch, ctx.replay_seed + 1)
         self.ensemble = Ensemble(ctx.params)
 
     def replay_stream(self, ctx: TaskContext):
         from ..replay import ImageStream
 
-        return ImageStream(reference_folder(self.config.reference_images), eval_resize(ctx.image_size),
-                           self.config.synthetic_batch, ctx.replay_seed, ctx.dist, ctx.device, workers=_workers(ctx))
+        return ImageStream(self.reference, eval_resize(ctx.image_size),
+                           self.config.synthetic_batch, ctx.replay_seed, ctx.dist, ctx.device, workers=ctx.workers)
 
     def replay_terms(self, ctx: TaskContext, batch: SynthBatch) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            texts = encode_texts(self.teacher, self.captions.next().to(ctx.device))
-            t_img = ctx.gather(encode_images(self.teacher, batch.images))
-        s_img, _ = ctx.features(batch.images, None)
-        return {"zscl": self.config.alpha * contrastive_distillation(s_img, texts, t_img, texts,
-                                                                     T=self.config.temperature)}
+        tokens = self.captions.next()
+        with torch.no_grad():  # each rank encodes its share of the captions
+            texts = ctx.gather(encode_texts(self.teacher, tokens[ctx.dist.shard(len(tokens))].to(ctx.device)))
+        return {"zscl": self.config.alpha * distill_on_teacher_texts(ctx, self.teacher, batch.images, texts,
+                                                                     self.config.temperature)}
 
     def adjust_gradients(self, ctx: TaskContext) -> dict[str, torch.Tensor]:
         return {"l2": add_l2_gradient(ctx.params, ctx.anchors, self.config.l2_weight)}
