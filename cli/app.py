@@ -264,7 +264,7 @@ def shards_push(
     dest: str = typer.Argument(..., help="Store: a directory (shared/NFS mount), ssh://[user@]host[:port]/path, or any fsspec URL."),
 ) -> None:
     """Publish complete, verified sets to a store: content-addressed, resumable, the manifest written last."""
-    from shards.manifest import find_sets
+    from shards.manifest import find_sets, load_manifest
     from shards.push import push_set
     from shards.store import open_store
 
@@ -272,6 +272,13 @@ def shards_push(
         sets = find_sets(set_path)
         if not sets:
             raise ValueError(f"no shard set under {set_path} (expected ROOT/<task>/<hash>/manifest.json)")
+        if sets != [Path(set_path)]:  # a root: publish what is finished, say what is not
+            unfinished = [p for p in sets if not load_manifest(p)["complete"]]
+            for path in unfinished:
+                out.print(f"[yellow]skipped[/] {path}: incomplete (finish it with the same `gift generate` command)")
+            sets = [p for p in sets if p not in unfinished]
+            if not sets:
+                raise ValueError(f"no complete shard set under {set_path}; finish rendering first")
         store = open_store(dest)
         for path in sets:
             r = push_set(path, store, TransferBar())

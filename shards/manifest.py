@@ -98,8 +98,13 @@ def make_manifest(
     }
 
 
+def manifest_bytes(manifest: Mapping) -> bytes:
+    """A manifest as written to disk and to stores."""
+    return (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode()
+
+
 def write_manifest(set_path: Path, manifest: Mapping) -> None:
-    atomic_write_bytes(set_path / MANIFEST, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
+    atomic_write_bytes(set_path / MANIFEST, manifest_bytes(manifest))
 
 
 def load_manifest(set_path: Path) -> dict:

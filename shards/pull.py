@@ -266,8 +266,9 @@ def pool_from_store(url: str, tasks: Sequence[str], cache_root: Path | None = No
         log.info("shard sets of %s from the cache %s", ", ".join(tasks), root)
         return root
     store = open_store(url)
+    usable = [s for s in list_sets(store, missing) if s.manifest and s.manifest["complete"] and keep(s.manifest)]
     for task in missing:
-        sets = [s for s in list_sets(store, [task]) if s.manifest and s.manifest["complete"] and keep(s.manifest)]
+        sets = [s for s in usable if s.task == task]
         if not sets:
             raise StoreError(f"{store.url} holds no complete shard set of {task} (made with the generator spec asked "
                              f"for); render it and publish it: gift generate {task} … ; gift shards push "

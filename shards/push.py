@@ -12,14 +12,13 @@ The set is content-addressed by its spec hash: a store that already has the set 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ShardSetError, StoreError
 from .layout import HASH_DIR_LEN, MANIFEST, parquet_path, tar_path
-from .manifest import load_manifest
+from .manifest import load_manifest, manifest_bytes
 from .store import (
     MAX_MANIFEST_BYTES,
     PENDING,
@@ -94,9 +93,9 @@ def push_set(set_path: Path, store: Store, progress: Progress | None = None) -> 
     pending = store.read_bytes(f"{rel}/{PENDING}", MAX_MANIFEST_BYTES)
     # Files already there are ours when the store's (pending) manifest lists our very shard records.
     trusted = remote is not None or (pending is not None and _same_records(pending, published))
-    store.makedirs(rel)
-    if remote is None and not trusted:
-        store.upload(_json(published), f"{rel}/{PENDING}")
+    if not trusted:  # a first push (or a stale pending one): announce what is coming
+        store.makedirs(rel)
+        store.upload(manifest_bytes(published), f"{rel}/{PENDING}")
 
     on_store = store.listdir(rel)
     todo = []
@@ -120,16 +119,12 @@ def push_set(set_path: Path, store: Store, progress: Progress | None = None) -> 
             raise StoreError(f"{store.address(rel)}: {', '.join(wrong)} did not arrive whole (sizes differ after "
                              "upload); re-run the push")
     if remote is None:
-        store.upload(_json(published), f"{rel}/{MANIFEST}")  # last: the set becomes visible whole
+        store.upload(manifest_bytes(published), f"{rel}/{MANIFEST}")  # last: the set becomes visible whole
         store.remove(f"{rel}/{PENDING}")
     else:
         result.state = "repaired" if todo else "already"
     log.info("%s: %s (%d files sent, %d kept)", result.address, result.state, len(result.uploaded), len(result.kept))
     return result
-
-
-def _json(manifest: dict) -> bytes:
-    return (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode()
 
 
 def _same_records(pending: bytes, published: dict) -> bool:

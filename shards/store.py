@@ -385,11 +385,12 @@ class RemoteSet:
 
 def list_sets(store: Store, tasks: list[str] | None = None) -> list[RemoteSet]:
     """Every set directory of a store (of ``tasks`` only, if given), with its validated manifest."""
-    if not store.listdir(""):
+    entries = store.listdir("")
+    if not entries:
         with transport(store, f"reading {store.url}"):
             if not store.fs.exists(store.path("")):
                 raise StoreError(f"{store.url}: no such store (nothing there); check the path or URL")
-    names = tasks if tasks is not None else sorted(n for n in store.listdir("") if is_valid_task(n))
+    names = tasks if tasks is not None else sorted(n for n in entries if is_valid_task(n))
     out = []
     for task in names:
         for hash16 in sorted(h for h in store.listdir(task) if is_valid_hash16(h)):

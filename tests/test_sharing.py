@@ -26,7 +26,7 @@ import torch
 from pipeline import mini
 from pipeline.generate import generate, resolve_spec
 from shards.errors import ShardSetError, StoreError
-from shards.layout import set_dir, spec_hash
+from shards.layout import parquet_path, set_dir, spec_hash, tar_path
 from shards.manifest import load_manifest, make_manifest, write_manifest
 from shards.pull import parse_address, pool_from_store, pull_set
 from shards.push import push_set
@@ -256,6 +256,26 @@ def assert_nothing_visible(set_path: Path, *final_names: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- the scenario
+
+
+def test_pushing_a_root_skips_incomplete_sets(machine_a, tmp_path):
+    root, store = tmp_path / "root", tmp_path / "store"
+    shutil.copytree(machine_a, root)
+    unfinished = a_set(root, "mini-b")
+    m = load_manifest(unfinished)
+    assert len(m["shards"]) == 2
+    tar_path(unfinished, 1).unlink()
+    parquet_path(unfinished, 1).unlink()
+    write_manifest(unfinished, {**m, "shards": m["shards"][:1], "complete": False})
+    r = run_gift("shards", "push", root, store)
+    assert r.returncode == 0, r.stderr
+    assert "skipped" in r.stdout and "incomplete" in r.stdout and r.stdout.count("published") == 2
+    assert {p.name for p in store.iterdir()} == set(POOL) - {"mini-b"}
+    only = tmp_path / "only"
+    shutil.copytree(unfinished, only / "mini-b" / unfinished.name)
+    r = run_gift("shards", "push", only, tmp_path / "store2")
+    assert r.returncode != 0 and "no complete shard set" in r.stderr
+    assert not (tmp_path / "store2").exists()
 
 
 def test_two_machines_push_discover_pull_and_train_from_http(machine_a, tmp_path, http_server):
