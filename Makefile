@@ -100,7 +100,7 @@ bench: $(BIN)/gift ## Every benchmark (generation, training step, data, evaluati
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m pipeline.bench --out BENCHMARKS.md
 
 bench-generate: $(BIN)/gift ## Only the generation section of BENCHMARKS.md
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m pipeline.bench_generate --out BENCHMARKS.md
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m pipeline.bench.generate --out BENCHMARKS.md
 
 clean-demo: ## Remove demo-out/
 	rm -rf demo-out

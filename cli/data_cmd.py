@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.mtil_data import CheckResult, check
+from pipeline.datasets.mtil import CheckResult, check
 
 data_app = typer.Typer(
     no_args_is_help=True,

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import typer
 
+from cli.common import clean_errors, console, out, setup_logging
+from cli.progress import TrainProgress
+
 TABLE_HELP = (
     "Run every preset in --methods over --order (reusing finished runs, resuming unfinished ones), then write "
     "RUNS/table-<order>.md, .csv and .png. Without --methods, build the table from existing run directories only: "
@@ -32,10 +35,9 @@ def train_options(ctx: typer.Context, args: list[str]) -> tuple[dict, str | None
 
     Only TrainConfig fields are passed on (so an option added to ``gift train`` for a new field works here too).
     """
-    from cli.app import app
-    from pipeline.train import TrainConfig
+    from pipeline.training.config import TrainConfig
 
-    train_cmd = typer.main.get_command(app).get_command(ctx, "train")
+    train_cmd = ctx.find_root().command.get_command(ctx, "train")  # `gift train`, as the app declares it
     sub = train_cmd.make_context("(gift train options)", list(args), parent=ctx, allow_extra_args=True)
     # (typer vendors its own click, so the parameter source is compared by name)
     given = [k for k in ("method", "name") if getattr(sub.get_parameter_source(k), "name", "") == "COMMANDLINE"]
@@ -53,8 +55,7 @@ def train_options(ctx: typer.Context, args: list[str]) -> tuple[dict, str | None
 def _list_presets() -> None:
     from rich.table import Table
 
-    from cli.app import out
-    from pipeline.presets import ALIASES, GROUPS, all_presets
+    from pipeline.tables.presets import ALIASES, GROUPS, all_presets
 
     table = Table("preset", "method", "overrides", "paper row", "published (Order I)")
     for p in all_presets().values():
@@ -77,19 +78,17 @@ def table(
     out_dir: Path = typer.Option(None, "--out", help="Where table-<order>.md/.csv/.png go (default: the runs folder)."),
     list_presets: bool = typer.Option(False, "--list", help="List presets, aliases and groups, then exit."),
 ) -> None:
-    from cli.app import _clean_errors, _setup_logging, console, out
-
     if list_presets:
         _list_presets()
         return
-    _setup_logging()
+    setup_logging()
     import torch
 
-    from pipeline import presets
-    from pipeline import table as tbl
-    from pipeline.train import TrainConfig
+    from pipeline.tables import presets
+    from pipeline.tables import table as tbl
+    from pipeline.training.config import TrainConfig
 
-    with _clean_errors():
+    with clean_errors():
         base, device, extra = train_options(ctx, ctx.args)
         paths = [*(runs or []), *extra]
         if methods is None and paths:  # build only
@@ -126,21 +125,16 @@ def table(
 
 
 class _Progress:
-    """pipeline.table.TableProgress for the terminal: a line per preset, gift train's bars while training."""
+    """pipeline.tables.table.TableProgress for the terminal: a line per preset, gift train's bars while training."""
 
     def __init__(self):
-        from cli.app import TrainProgress
-
         self.bars = TrainProgress()
 
     def preset(self, index, total, preset, run_dir, status) -> None:
-        from cli.app import out
 
         out.print(f"[bold][{index + 1}/{total}] {preset.name}[/] ({run_dir}): {status}")
 
     def failed(self, preset, error) -> None:
-        from cli.app import console
-
         if self.bars.bar is not None:  # a run that failed mid-task leaves its bar running
             self.bars.bar.stop()
         console.print(f"[bold red]{preset.name} failed:[/] {error}")

@@ -45,8 +45,8 @@ def workspace(tmp_path_factory):
     """The `mini` benchmark's pool rendered by the `reference` generator and a tiny CLIP pre-trained on mini-base."""
     import torch
 
-    from pipeline import mini
-    from pipeline.generate import generate, resolve_spec
+    from pipeline.datasets import mini
+    from pipeline.generation.generate import generate, resolve_spec
 
     CPU = torch.device("cpu")
     root = tmp_path_factory.mktemp("mini")
@@ -59,7 +59,7 @@ def workspace(tmp_path_factory):
 
 
 def mini_config(workspace, **kw):
-    from pipeline.train import TrainConfig
+    from pipeline.training.config import TrainConfig
 
     root, weights = workspace
     base = dict(order="mini", runs=str(root / "runs"), shards=str(root / "shards"), clip_arch="tiny",

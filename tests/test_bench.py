@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from pipeline.bench import main, markers
-from pipeline.bench_train import GPU_CONFIGS, GiftStep, bench_gpu, gpu_lines
+from pipeline.bench.common import markers
+from pipeline.bench.run import main
+from pipeline.bench.train import GPU_CONFIGS, GiftStep, bench_gpu, gpu_lines
 from pipeline.models import ClipSpec, load_clip
 
 CPU = torch.device("cpu")

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline import catalog
+from pipeline.datasets import catalog
 
 
 def test_counts_match_the_benchmark():

@@ -3,9 +3,9 @@
 import torch
 from PIL import Image
 
-from pipeline.generate import generate, make_generator, plan, resolve_spec
-from pipeline.generators import DiffusersGenerator, Speedups
-from pipeline.tiny_sd import build_tiny_pipeline
+from pipeline.generation.generate import generate, make_generator, plan, resolve_spec
+from pipeline.generation.generators import DiffusersGenerator, Speedups
+from pipeline.generation.tiny_sd import build_tiny_pipeline
 from shards.manifest import load_manifest, read_rows
 from shards.reader import iter_samples
 from shards.verify import verify_set
@@ -94,7 +94,7 @@ def _reference_folder(root, classnames, colours):
 
 
 def test_reference_generator_takes_images_of_the_right_class(tmp_path):
-    from pipeline import catalog
+    from pipeline.datasets import catalog
 
     names = catalog.get_task("eurosat").classnames
     colours = [(25 * i, 255 - 25 * i, 128) for i in range(10)]
@@ -128,7 +128,7 @@ def test_sd15_architecture_matches_the_released_model():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from pipeline.sd15_arch import TEXT, UNET, VAE
+    from pipeline.generation.sd15_arch import TEXT, UNET, VAE
 
     with torch.device("meta"):
         counts = [sum(p.numel() for p in m.parameters()) for m in
@@ -139,7 +139,7 @@ def test_sd15_architecture_matches_the_released_model():
 def test_sd15_benchmark_path_runs_on_cpu():
     """The GPU benchmark's code path on the SD v1.5 architecture (build, batch sizes, classic attention, then
     each `gift generate` speed-up added in turn), tiny work on CPU; torch.compile left out."""
-    from pipeline.bench_generate import VARIANTS, bench_sd15
+    from pipeline.bench.generate import VARIANTS, bench_sd15
 
     results = bench_sd15(device="cpu", dtypes=("fp32",), batch_sizes=(1, 2), variant_batch=1, steps=1, size=64,
                          try_compile=False)

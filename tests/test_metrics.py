@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import catalog
-from pipeline.metrics import Summary, summarize
+from pipeline.datasets import catalog
+from pipeline.evaluation.metrics import Summary, summarize
 
 NAMES3 = ["a", "b", "c"]
 # Rows: after task 1, 2, 3; columns: datasets a, b, c.

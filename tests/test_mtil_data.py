@@ -17,8 +17,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.data_cmd import data_app
-from pipeline.catalog import get_task, mtil_task_names
-from pipeline.mtil_data import (
+from pipeline.datasets.catalog import get_task, mtil_task_names
+from pipeline.datasets.mtil import (
     MTIL_DATASETS,
     CheckResult,
     DatasetBrokenError,

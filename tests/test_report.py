@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import report
-from pipeline.report import PUBLISHED, WARN_MARK, ZERO_SHOT_ORDER_I, write_report
+from pipeline.evaluation import report
+from pipeline.evaluation.report import PUBLISHED, WARN_MARK, ZERO_SHOT_ORDER_I, write_report
 from tests.test_metrics import A3, NAMES3, ORDER_I
 
 # The hand-checked 3x3 matrix of the metrics tests, and Order I's datasets.

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import mini
-from pipeline.generate import generate, resolve_spec
+from pipeline.datasets import mini
+from pipeline.generation.generate import generate, resolve_spec
 from shards.errors import ShardSetError, StoreError
 from shards.layout import parquet_path, set_dir, spec_hash, tar_path
 from shards.manifest import load_manifest, make_manifest, write_manifest

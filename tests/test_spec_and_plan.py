@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipeline.generate import GenerateSpec, SpecError, plan, resolve_spec, sample_seed
+from pipeline.generation.generate import GenerateSpec, SpecError, plan, resolve_spec, sample_seed
 from shards.layout import is_valid_key, set_dir, spec_hash
 from tests.conftest import FAST, run_gift
 
@@ -87,7 +87,7 @@ def test_cli_bad_input_exits_nonzero_with_message(tmp_path):
 
 def test_a_directory_holding_another_specs_set_is_refused(tmp_path):
     """Different specs get different directories by construction; a planted one is detected, not reused."""
-    from pipeline.generate import generate
+    from pipeline.generation.generate import generate
     from shards.manifest import make_manifest, write_manifest
 
     spec, other = tiny(), tiny(guidance=3.0)

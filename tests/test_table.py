@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import presets
-from pipeline import table as tbl
+from pipeline.evaluation.report import WARN_MARK
 from pipeline.methods import METHODS
-from pipeline.report import WARN_MARK
-from pipeline.train import TrainConfig
+from pipeline.tables import presets
+from pipeline.tables import table as tbl
+from pipeline.training.config import TrainConfig
 from tests.conftest import run_gift
 from tests.test_metrics import A3
 from tests.test_report import assert_png, formula_11, table_row
@@ -180,9 +180,9 @@ def test_missing_field_or_method_fails_at_run_time_with_a_clear_error():
 
 
 def test_shard_family_selector(tmp_path):
-    from pipeline import mini
-    from pipeline.generate import generate, resolve_spec
-    from pipeline.synthetic import spec_family
+    from pipeline.datasets import mini
+    from pipeline.generation.generate import generate, resolve_spec
+    from pipeline.training.synthetic import spec_family
     from shards.manifest import load_manifest
 
     # a one-image-per-class `reference` set of mini-base stands in for a pool set
@@ -270,9 +270,10 @@ def test_gift_table_trains_then_reuses_and_builds_from_run_dirs(tmp_path, monkey
     from typer.testing import CliRunner
 
     import cli.app
+    import cli.table_cmd
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli.app, "_setup_logging", lambda: None)
+    monkeypatch.setattr(cli.table_cmd, "setup_logging", lambda: None)
 
     def gift(*argv):
         result = CliRunner().invoke(cli.app.app, list(map(str, argv)))

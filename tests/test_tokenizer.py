@@ -2,8 +2,8 @@
 
 import open_clip
 
-from pipeline import catalog
-from pipeline.tiny_sd import build_clip_tokenizer, clip_bpe_vocab
+from pipeline.datasets import catalog
+from pipeline.generation.tiny_sd import build_clip_tokenizer, clip_bpe_vocab
 
 EOT = 49407
 

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import mini
-from pipeline.train import NonFiniteLossError, RunDirError, TrainConfig, lr_at, train
+from pipeline.datasets import mini
+from pipeline.training.config import TrainConfig, lr_at
+from pipeline.training.rundir import RunDirError
+from pipeline.training.step import NonFiniteLossError
+from pipeline.training.train import train
 from shards.errors import ShardSetError
 from tests.conftest import ROOT, cli_args, gift_cmd, mini_config, run_gift
 
@@ -94,7 +97,7 @@ def test_default_worker_count_is_a_number_from_the_cores(monkeypatch):
     this process's share of the node, at most 8; an explicit count is kept."""
     import os
 
-    from pipeline.train import loader_workers
+    from pipeline.training.config import loader_workers
 
     cores = len(os.sched_getaffinity(0))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -111,7 +114,7 @@ def test_real_batches_do_not_depend_on_the_worker_count():
 
     from pipeline.dist import Dist
     from pipeline.models import train_transform
-    from pipeline.replay import ImageStream
+    from pipeline.training.replay import ImageStream
 
     rng = np.random.default_rng(0)
     data = [(Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)), k % 3) for k in range(10)]

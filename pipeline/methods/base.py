@@ -26,8 +26,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..dist import Dist
-from ..replay import SynthBatch  # the batch type of every stream (re-exported)
+from pipeline.dist import Dist
+from pipeline.training.replay import SynthBatch  # the batch type of every stream (re-exported)
 
 
 @dataclass
@@ -100,7 +100,7 @@ class Method:
         """What this method replays each step (an object with ``next() -> SynthBatch``), or None."""
         if ctx.synthetic is None:
             return None
-        from ..replay import SyntheticStream
+        from pipeline.training.replay import SyntheticStream
 
         return SyntheticStream(ctx.synthetic, self.config.synthetic_batch, ctx.replay_seed, ctx.dist, ctx.device)
 

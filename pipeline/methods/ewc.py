@@ -9,8 +9,9 @@ import math
 
 import torch
 
-from ..losses import add_fisher_gradient
-from ..replay import SyntheticStream
+from pipeline.training.losses import add_fisher_gradient
+from pipeline.training.replay import SyntheticStream
+
 from .base import TaskContext
 from .gift import Gift
 

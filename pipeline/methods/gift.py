@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import (
+from pipeline.models import encode_images, encode_texts
+from pipeline.training.losses import (
     LABEL_SMOOTHING,
     add_awc_gradient,
     add_l2_gradient,
@@ -21,7 +22,7 @@ from ..losses import (
     fisher_scales,
     image_text_alignment,
 )
-from ..models import encode_images, encode_texts
+
 from .base import Method, SynthBatch, TaskContext, frozen_copy
 
 DISTILL = ("contrastive", "feature", "image-only", "text-only")

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.datasets import catalog
+from pipeline.evaluation.evaluate import Transformed
+from pipeline.models import encode_images, encode_texts, eval_resize, normalize_uint8
+from pipeline.models import tokenizer as clip_tokenizer
 from shards.layout import atomic_write_bytes
 
-from .. import catalog
-from ..evaluate import Transformed
-from ..models import encode_images, encode_texts, eval_resize, normalize_uint8
-from ..models import tokenizer as clip_tokenizer
 from .base import Method, SynthBatch, TaskContext, frozen_copy
 from .lwf import distill_on_teacher_texts
 
@@ -84,7 +84,7 @@ class ICaRL(Method):
     def replay_stream(self, ctx: TaskContext):
         if not self.entries:
             return None  # the first task: nothing remembered yet
-        from ..replay import ImageStream
+        from pipeline.training.replay import ImageStream
 
         return ImageStream(Memory(self.entries, ctx.datasets), eval_resize(ctx.image_size),
                            self.config.synthetic_batch, ctx.replay_seed, ctx.dist, ctx.device, workers=ctx.workers)

@@ -1,6 +1,7 @@
 """The l2 baseline: CE + w·Σ(θ − θ(t−1))², weight 1, applied as an analytic gradient."""
 
-from ..losses import add_l2_gradient
+from pipeline.training.losses import add_l2_gradient
+
 from .base import Method, TaskContext
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from .. import catalog
-from ..losses import contrastive_distillation
-from ..models import encode_images, encode_texts, eval_resize
-from ..models import tokenizer as clip_tokenizer
+from pipeline.datasets import catalog
+from pipeline.models import encode_images, encode_texts, eval_resize
+from pipeline.models import tokenizer as clip_tokenizer
+from pipeline.training.losses import contrastive_distillation
+
 from .base import Method, SynthBatch, TaskContext, frozen_copy
 
 SOT, EOT, VOCAB = 49406, 49407, 49408  # CLIP's BPE: start / end of text, vocabulary size
@@ -50,7 +51,7 @@ class LwF(Method):
         return clip_tokenizer()([spec.prompt(c) for c in range(spec.num_classes)])
 
     def replay_stream(self, ctx: TaskContext):
-        from ..replay import ImageStream
+        from pipeline.training.replay import ImageStream
 
         return ImageStream(ctx.datasets[ctx.task], eval_resize(ctx.image_size), self.config.synthetic_batch,
                            ctx.replay_seed, ctx.dist, ctx.device, workers=ctx.workers)

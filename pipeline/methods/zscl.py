@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
-from ..losses import add_l2_gradient
-from ..models import encode_texts, eval_resize
-from ..models import tokenizer as clip_tokenizer
+from pipeline.models import encode_texts, eval_resize
+from pipeline.models import tokenizer as clip_tokenizer
+from pipeline.training.losses import add_l2_gradient
+
 from .base import Method, SynthBatch, TaskContext, frozen_copy
 from .lwf import distill_on_teacher_texts
 
@@ -74,7 +75,7 @@ class _Captions:
     per batch (a caption file can hold millions)."""
 
     def __init__(self, captions: list[str], batch: int, seed: int):
-        from ..replay import IndexStream
+        from pipeline.training.replay import IndexStream
 
         self.captions, self.tokenize = captions, clip_tokenizer()
         self.stream = IndexStream(len(captions), batch, torch.Generator().manual_seed(seed))
@@ -104,7 +105,7 @@ class ZSCL(Method):
         self.ensemble = Ensemble(ctx.params)
 
     def replay_stream(self, ctx: TaskContext):
-        from ..replay import ImageStream
+        from pipeline.training.replay import ImageStream
 
         return ImageStream(self.reference, eval_resize(ctx.image_size),
                            self.config.synthetic_batch, ctx.replay_seed, ctx.dist, ctx.device, workers=ctx.workers)

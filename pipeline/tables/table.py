@@ -1,6 +1,6 @@
 """The comparison table: many runs of one order side by side, in the paper's Transfer / Avg. / Last layout.
 
-The rows are presets (:mod:`pipeline.presets`: a method plus TrainConfig overrides, e.g. ``gift-cd`` = GIFT with CD
+The rows are presets (:mod:`pipeline.tables.presets`: a method plus TrainConfig overrides, e.g. ``gift-cd`` = GIFT with CD
 only on the l2 baseline; groups such as ``table3`` name the presets of one of the paper's tables).
 
 :func:`run_table` trains every preset that has no finished run (reusing finished runs, resuming unfinished ones;
@@ -29,10 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import catalog, report
-from .metrics import Summary, summarize
+from pipeline.datasets import catalog
+from pipeline.evaluation import report
+from pipeline.evaluation.metrics import Summary, summarize
+from pipeline.training.config import TrainConfig
+from pipeline.training.rundir import prepare_run_dir
+from pipeline.training.train import Progress, train
+
 from .presets import MOE_ADAPTER, Preset, Triple, all_presets, config_for, identify, published_for
-from .train import Progress, TrainConfig, prepare_run_dir, train
 
 log = logging.getLogger("gift.table")
 
@@ -214,7 +218,7 @@ def table_markdown(table: Table) -> str:
                      f"(Transfer/Avg./Last).")
     partial = [r for r in table.rows if r.partial]
     if partial:
-        lines.append("Partial rows use their finished tasks only (see `pipeline.metrics`): "
+        lines.append("Partial rows use their finished tasks only (see `pipeline.evaluation.metrics`): "
                      + ", ".join(f"`{r.name}` {r.finished}/{r.tasks}" for r in partial)
                      + ("; they are not checked against the published numbers (those are for the whole sequence)."
                         if any(r.published for r in partial) else "."))

@@ -20,135 +20,28 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
-import os
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset
 
-from shards.layout import atomic_write_bytes, spec_hash
+from pipeline.datasets import catalog
+from pipeline.datasets.splits import task_dataset
+from pipeline.dist import Dist
+from pipeline.evaluation.evaluate import TestSet, evaluate_order
+from pipeline.methods import TaskContext, get_method
+from pipeline.methods.base import student_features
+from pipeline.models import ClipSpec, eval_resize, image_size, load_clip, train_transform
+from pipeline.models import tokenizer as clip_tokenizer
+from shards.layout import spec_hash
 
-from . import catalog, mini
-from .dist import Dist
-from .evaluate import TestSet, evaluate_order
-from .losses import classification_loss
-from .methods import TaskContext, get_method
-from .methods.base import student_features
-from .models import (
-    ClipSpec,
-    eval_resize,
-    image_size,
-    load_clip,
-    train_transform,
-)
-from .models import tokenizer as clip_tokenizer
+from .config import TrainConfig, loader_workers, lr_at
 from .replay import ImageStream
-from .report import write_report
+from .rundir import finish_task, prepare_run_dir
+from .step import run_step
 
 log = logging.getLogger("gift.train")
-LR_BY_TASK = {"aircraft": 5e-5, "mnist": 5e-5}  # REFERENCE.md; every other MTIL dataset: 1e-5
-DEFAULT_LR, MINI_LR = 1e-5, 1e-3
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or inf; the run stops and keeps its last good checkpoint."""
-
-
-class RunDirError(ValueError):
-    """A run directory that holds another configuration."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    order: str = "II"
-    method: str = "gift"
-    name: str | None = None  # run directory name (default: <method>-order<order>)
-    runs: str = "runs"
-    data_root: str | None = None
-    shards: str = "shards-out"  # a local root, or a store URL (https://, ssh://, ...): the pool is cached locally
-    shard_cache: str | None = None  # where sets from a store URL are cached (None: ~/.cache/gift/shards)
-    shard_family: str | None = None
-    clip_arch: str = "ViT-B-16"
-    clip_weights: str = "openai"
-    iterations: int = 1000
-    batch_size: int = 64
-    synthetic_batch: int = 64
-    synthetic_budget: int = 1000
-    lr: float | None = None  # None: per dataset (5e-5 aircraft and mnist, 1e-5 others; 1e-3 for mini tasks)
-    warmup: int = 100
-    weight_decay: float = 0.0
-    seed: int = 0
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
-    compile: bool = False  # torch.compile the student's training forward (numerics only)
-    workers: int | None = None  # None: one per spare core, at most 8 (loader_workers)
-    # GIFT and its ablations
-    cd: bool = True
-    ita: bool = True
-    awc: bool = True
-    alpha: float = 1.0
-    beta: float = 0.25
-    lam: float = 1.0
-    temperature: float = 2.0
-    teacher: str = "last"
-    distill: str = "contrastive"
-    ita_target: str = "code"
-    fisher_norm: bool = True
-    l2_weight: float = 1.0
-    l2_without_awc: bool = False  # GIFT with --no-awc: the l2 penalty in AWC's place (the code's ablation rows)
-    replay_generator: str | None = None  # use the pool sets of this generator (sd15 | tiny | reference: real images)
-    # baselines (REFERENCE.md, "Baselines as the reference code runs them")
-    wise_alpha: float = 0.8  # wise-ft: θ ← α·θ + (1−α)·θ(t−1) after each task
-    random_texts: int = 1000  # lwf-vr: random 10-token sentences
-    reference_images: str | None = None  # zscl: an ImageFolder of real images (ImageNet train in the paper)
-    reference_texts: str | None = None  # zscl: a captions file, one per line
-    ensemble_every: int = 100  # zscl: weight-ensemble snapshot interval (steps)
-    memory_size: int = 10000  # icarl: exemplars kept over all seen classes
-    ewc_samples: int = 256  # ewc: synthetic samples for the static Fisher before each task
-
-    @property
-    def run_name(self) -> str:
-        return self.name or f"{self.method}-order{self.order}"
-
-    def lr_for(self, task: str) -> float:
-        if self.lr is not None:
-            return self.lr
-        return MINI_LR if task in catalog.MINI_TASKS else LR_BY_TASK.get(task, DEFAULT_LR)
-
-
-def lr_at(step: int, base: float, warmup: int, total: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine to 0: base·(s+1)/w, else base·½(1+cos(π(s−w)/(total−w)))."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-class _Images(Dataset):
-    """In-memory (image, label) pairs (the mini tasks)."""
-
-    def __init__(self, images, labels):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.images[i], self.labels[i]
-
-
-def task_dataset(task: str, split: str, data_root: str | None) -> Dataset:
-    """(PIL image, label) pairs of a task's split: mini tasks from scikit-learn, MTIL from ``data_root``."""
-    if task in catalog.MINI_TASKS:
-        return _Images(*mini.load_split(task, split))
-    if data_root is None:
-        raise ValueError(f"task {task} needs --data-root (the folder holding the MTIL datasets; see `gift data check`)")
-    from . import mtil_data
-
-    return mtil_data.load_split(task, data_root, split)
 
 
 class Progress:
@@ -158,41 +51,6 @@ class Progress:
     def step(self, losses: dict[str, float]) -> None: ...
     def end_task(self) -> None: ...
     def evaluated(self, index: int, task: str, row: list[float]) -> None: ...
-
-
-# How a run is fed, not what it computes (a run reproduces exactly whatever the worker count): these may change
-# when a run is resumed, e.g. on a machine with fewer cores.
-FREE_ON_RESUME = {"workers", "shard_cache"}
-
-
-def loader_workers(config: TrainConfig) -> int:
-    """Data-loader processes for the real data of each training process: ``--workers``, or by default one per
-    core this process can spare (the cores it may use, shared among the node's processes, minus its own), at
-    most 8. `make bench` measures a few hundred decoded 224² crops/s per worker core; 15 steps/s need 960."""
-    if config.workers is not None:
-        return config.workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(0, min(8, per_process - 1))
-
-
-def prepare_run_dir(config: TrainConfig) -> tuple[Path, dict]:
-    """Create the run directory, or check it belongs to this very config; returns (dir, saved state)."""
-    run_dir = Path(config.runs) / config.run_name
-    cfg = asdict(config)
-    if (run_dir / "config.json").exists():
-        # fields added to TrainConfig after the run was made hold their defaults there
-        saved = {**asdict(TrainConfig()), **json.loads((run_dir / "config.json").read_text())}
-        differs = sorted(k for k in set(saved) | set(cfg) if saved.get(k) != cfg.get(k) and k not in FREE_ON_RESUME)
-        if differs:
-            raise RunDirError(f"{run_dir} holds a run with another configuration (differs in: {', '.join(differs)}); "
-                              "pass --name to start a new run, or re-run with the same options to resume it")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run_dir / "config.json", (json.dumps(cfg, indent=1) + "\n").encode())
-    state_file = run_dir / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {"finished": 0, "acc": [], "checkpoint": None}
-    return run_dir, state
 
 
 def _seed(config: TrainConfig, index: int) -> torch.Generator:
@@ -323,7 +181,7 @@ def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tes
             progress.evaluated(index, task, row)
             log.info("after %s: %s", task, "  ".join(f"{t} {a:.1f}" for t, a in zip(order, row, strict=True)))
             if dist.main:
-                _finish_task(run_dir, state, model, index, row, config, order)
+                finish_task(run_dir, state, model, index, row, config, order)
             else:
                 state.update(finished=index + 1)
             dist.barrier()
@@ -375,65 +233,3 @@ def _train_task(config, index, task, model, student, dist, initial_state, method
     progress.end_task()
 
 
-def run_step(ctx: TaskContext, method, replay_batch, real_batch, class_tokens: torch.Tensor, optimizer, autocast, *,
-             step: int = 0, mark=None, update: bool = True) -> dict[str, float]:
-    """One training step, the hook contract of ``methods/base.py``; returns the losses (mean over ranks).
-
-    ``mark(phase)`` is called after each phase (replay, awc, ce, awc, optimizer) for the benchmark's timings;
-    ``update=False`` skips the optimiser (FLOP counting).
-    """
-    mark = mark or (lambda phase: None)
-    optimizer.zero_grad(set_to_none=True)
-    terms: dict[str, torch.Tensor] = {}
-    if replay_batch is not None:
-        with autocast:
-            terms = method.replay_terms(ctx, replay_batch)
-        if terms:
-            sum(terms.values()).backward()
-    mark("replay")  # teacher forward + student forward/backward on the replayed batch
-    method.after_replay_backward(ctx)
-    mark("awc")
-    with autocast:
-        img, txt = ctx.local_features(real_batch.images, class_tokens)
-        ce = classification_loss(img, txt, real_batch.labels)
-    ce.backward()
-    for p in ctx.params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    mark("ce")  # student forward/backward on the real batch and the task's class texts
-    penalties = method.adjust_gradients(ctx)
-    mark("awc")
-    values = {"ce": ce, **terms, **penalties}
-    losses = {}
-    if update:
-        # one small all-reduce: every rank sees the same (mean) losses, so all stop together when one is bad
-        stacked = ctx.dist.all_reduce(torch.stack([v.detach().float() for v in values.values()]), op="mean")
-        if not torch.isfinite(stacked).all():
-            bad = [k for k, v in zip(values, stacked.tolist(), strict=True) if not math.isfinite(v)]
-            raise NonFiniteLossError(f"{', '.join(bad)} became non-finite at task {ctx.index + 1} ({ctx.task}), "
-                                     f"step {step}; the run stopped and keeps its last finished task's checkpoint")
-        optimizer.step()
-        losses = dict(zip(values, stacked.tolist(), strict=True))
-    mark("optimizer")
-    return losses
-
-
-def _finish_task(run_dir: Path, state: dict, model, index: int, row: list[float], config: TrainConfig,
-                 order: list[str]) -> None:
-    """Checkpoint (new file, then state.json by rename, then drop the old file), then rewrite the report."""
-    from safetensors.torch import save_file
-
-    name = f"checkpoint-task{index + 1:02d}.safetensors"
-    tmp = run_dir / f".{name}.tmp-{os.getpid()}"
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp,
-              metadata={"task": order[index], "index": str(index), "config": json.dumps(asdict(config))})
-    os.replace(tmp, run_dir / name)
-    old = state["checkpoint"]
-    state.update(finished=index + 1, acc=[*state["acc"], row], checkpoint=name, updated=time.time())
-    atomic_write_bytes(run_dir / "state.json", (json.dumps(state, indent=1) + "\n").encode())
-    if old and old != name:
-        (run_dir / old).unlink(missing_ok=True)
-    from .presets import comparable  # presets imports this module
-
-    write_report(run_dir, names=order, acc=np.array(state["acc"]), method=config.method, order=config.order,
-                 comparable=comparable(asdict(config)))

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import catalog
-from .bench import seconds, times
-from .evaluate import TestSet
-from .generate import generate, resolve_spec
-from .models import eval_resize, normalize_uint8, train_transform
-from .models import tokenizer as clip_tokenizer
+from pipeline.datasets import catalog
+from pipeline.evaluation.evaluate import TestSet
+from pipeline.generation.generate import generate, resolve_spec
+from pipeline.models import eval_resize, normalize_uint8, train_transform
+from pipeline.models import tokenizer as clip_tokenizer
+
+from .common import seconds, times
 
 STEP_GOAL = 15.0  # GIFT steps/s per H100-class GPU (issue 6)
 EVALUATIONS = 11  # one after each task of an MTIL order
@@ -66,11 +67,10 @@ def write_set(root: Path, task: str, per_class: int, size: int) -> Path:
 
 def bench_synthetic(per_class: int = 100, size: int = 512, batch: int = 64, repeats: int = 3) -> dict:
     """One task's draw (eurosat's 10 classes × ``per_class``) decoded once vs decoded per step."""
+    from pipeline.training.synthetic import class_images, load_draw
     from shards.layout import tar_path
     from shards.manifest import load_manifest
     from shards.reader import iter_shard
-
-    from .synthetic import class_images, load_draw
 
     tokenize = clip_tokenizer()
     transform = eval_resize(CROP)
@@ -116,7 +116,7 @@ def jpeg_files(root: Path, n: int, size: int, variety: int = 8) -> list[Path]:
 
 
 def _labeled(paths: list[Path]):
-    from .mtil_data import LabeledImages
+    from pipeline.datasets.mtil import LabeledImages
 
     task = catalog.get_task("food")
     return LabeledImages("food", "train", task.classnames, [i % task.num_classes for i in range(len(paths))], paths=paths)
@@ -135,8 +135,8 @@ def bench_loader(paths: list[Path], batch: int = 64, workers: tuple[int, ...] = 
     Normalising uint8 batches is the GPU's work in training, so it is not timed here."""
     import itertools
 
-    from .dist import Dist
-    from .replay import ImageStream
+    from pipeline.dist import Dist
+    from pipeline.training.replay import ImageStream
 
     data, batches = _labeled(paths), max(1, len(paths) // batch)
     best = {(w, label): 0.0 for w in workers for label, _, _ in LOADER_PATHS}
@@ -193,9 +193,9 @@ def bench_eval(paths: list[Path], evaluations: int = EVALUATIONS) -> dict:
 
 def mtil_test_images() -> int:
     """Images in the 11 MTIL test splits (official sizes; caltech101, eurosat, sun397: the 80/20 split's 20%)."""
-    from . import mtil_data
+    from pipeline.datasets import mtil
 
-    return sum(mtil_data._source(t).official[1] for t in catalog.mtil_task_names())
+    return sum(mtil._source(t).official[1] for t in catalog.mtil_task_names())
 
 
 def run(quick: bool = False) -> tuple[str, dict]:

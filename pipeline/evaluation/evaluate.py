@@ -16,11 +16,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.datasets.catalog import Task
+from pipeline.dist import Dist
+from pipeline.models import LOGIT_SCALE, encode_images, encode_texts, normalize_uint8
 from shards.layout import tmp_path
-
-from .catalog import Task
-from .dist import Dist
-from .models import LOGIT_SCALE, encode_images, encode_texts, normalize_uint8
 
 
 @torch.no_grad()

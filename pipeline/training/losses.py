@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .models import LOGIT_SCALE
+from pipeline.models import LOGIT_SCALE
 
 LABEL_SMOOTHING = 0.2
 TEMPERATURE = 2.0

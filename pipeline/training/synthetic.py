@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.datasets import catalog
 from shards.errors import ShardSetError
 from shards.layout import parquet_path, spec_hash, tar_path
 from shards.manifest import find_sets, load_manifest, read_rows
 from shards.reader import iter_shard
 from shards.verify import verify_set
-
-from . import catalog
 
 log = logging.getLogger("gift.synthetic")
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from pipeline.datasets import catalog
+from pipeline.dist import Dist
 from shards.errors import SpecMismatchError
 from shards.layout import parquet_path, set_dir, spec_hash, tar_path
 from shards.manifest import (
@@ -34,8 +36,6 @@ from shards.manifest import (
 from shards.verify import check_shard
 from shards.writer import ShardWriter
 
-from . import catalog
-from .dist import Dist
 from .generators import (
     DTYPES,
     SCHEDULERS,

@@ -94,8 +94,8 @@ def pretrain_tiny_clip(path: Path, steps: int = 300, seed: int = 0, lr: float = 
     import torch
     from safetensors.torch import save_file
 
-    from .losses import classification_loss
-    from .models import ClipSpec, encode_images, encode_texts, load_clip, tokenizer, train_transform
+    from pipeline.models import ClipSpec, encode_images, encode_texts, load_clip, tokenizer, train_transform
+    from pipeline.training.losses import classification_loss
 
     path = Path(path)
     if path.exists():

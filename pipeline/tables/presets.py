@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import report
-from .methods import METHODS
-from .train import TrainConfig
+from pipeline.evaluation import report
+from pipeline.methods import METHODS
+from pipeline.training.config import TrainConfig
 
 Triple = tuple[float, float, float]  # Transfer, Avg., Last (percent)
 
@@ -40,9 +40,8 @@ class ShardFamily:
     match: tuple[tuple[str, object], ...]
 
     def resolve(self, base: Mapping[str, object]) -> str:
+        from pipeline.training.synthetic import spec_family
         from shards.manifest import find_sets, load_manifest
-
-        from .synthetic import spec_family
 
         root = Path(str(base.get("shards") or TrainConfig.shards))
         families = sorted({spec_family(m["spec"]) for m in map(load_manifest, find_sets(root))

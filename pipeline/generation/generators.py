@@ -2,7 +2,7 @@
 
 - ``sd15``: diffusers' ``StableDiffusionPipeline`` from a Hub id (local cache only unless downloads are
   allowed) or a local diffusers directory.
-- ``tiny``: the same pipeline class with tiny random modules (``pipeline.tiny_sd``), for CPU tests.
+- ``tiny``: the same pipeline class with tiny random modules (``pipeline.generation.tiny_sd``), for CPU tests.
 - ``reference``: real images of the class from ``ROOT/<class name>/``, in place of rendering (the paper's
   "real images instead of synthetic" ablation).
 

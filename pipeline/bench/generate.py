@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.generation.generate import encode, generate, library_versions, make_generator, plan, resolve_spec
+from pipeline.generation.generators import Speedups
 from shards.writer import ShardWriter
 
-from .bench import times, write_section
-from .generate import encode, generate, library_versions, make_generator, plan, resolve_spec
-from .generators import Speedups
+from .common import times, write_section
 
 SD15_TFLOP_PER_IMAGE = 82.9  # 512x512, 50 steps, classifier-free guidance (UNet x2 per step + VAE decode)
 
@@ -45,7 +45,7 @@ def bench_tiny_cpu(batch_sizes=(1, 4, 16), steps: int = 50, images: int = 16) ->
 def bench_tiny_variants(batch: int = 16, steps: int = 50, try_compile: bool = True) -> list[tuple[str, float]]:
     """`gift generate`'s speed-ups on the tiny pipeline on CPU (what CPU can say: that they run and what they
     cost or save here; GPU kernels behave differently)."""
-    from .tiny_sd import SD15_SCHEDULER_CONFIG, TINY_SIZE, build_tiny_pipeline
+    from pipeline.generation.tiny_sd import SD15_SCHEDULER_CONFIG, TINY_SIZE, build_tiny_pipeline
 
     pipe = build_tiny_pipeline(SD15_SCHEDULER_CONFIG, safety_checker=False)
     return bench_variants(pipe, "cpu", batch, steps=steps, size=TINY_SIZE, try_compile=try_compile, repeats=2)
@@ -180,8 +180,8 @@ def bench_sd15(
 ) -> list[dict]:
     """Images/s of the SD v1.5 architecture (random weights): every batch size with the default path, then
     the variants (classic attention, then each speed-up added in turn) at ``variant_batch``."""
-    from .generators import DTYPES
-    from .sd15_arch import build_sd15_random
+    from pipeline.generation.generators import DTYPES
+    from pipeline.generation.sd15_arch import build_sd15_random
 
     results = []
     for dtype in dtypes:

@@ -20,15 +20,17 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import catalog
-from .bench import NOT_ON_GPU, seconds, times
-from .bench_generate import PEAK_BF16_TFLOPS, SD15_TFLOP_PER_IMAGE, peak_tflops
-from .methods import SynthBatch, TaskContext
-from .methods.base import student_features
-from .methods.gift import Gift
-from .models import ClipSpec, encode_images, encode_texts, image_size, load_clip, normalize_uint8
-from .models import tokenizer as clip_tokenizer
-from .train import TrainConfig, run_step
+from pipeline.datasets import catalog
+from pipeline.methods import SynthBatch, TaskContext
+from pipeline.methods.base import student_features
+from pipeline.methods.gift import Gift
+from pipeline.models import ClipSpec, encode_images, encode_texts, image_size, load_clip, normalize_uint8
+from pipeline.models import tokenizer as clip_tokenizer
+from pipeline.training.config import TrainConfig
+from pipeline.training.step import run_step
+
+from .common import NOT_ON_GPU, seconds, times
+from .generate import PEAK_BF16_TFLOPS, SD15_TFLOP_PER_IMAGE, peak_tflops
 
 H100_PEAK = PEAK_BF16_TFLOPS["H100"]  # the reference GPU of the goals (dense bf16, TFLOP/s)
 GPU_STEP_GOAL = 15.0  # steps/s per H100-class GPU (issue 6)
@@ -159,7 +161,7 @@ def eval_flops(arch: str = "ViT-B-16") -> tuple[int, int]:
 def order_limits(order: str = "I", arch: str = "ViT-B-16", peak: float = H100_PEAK) -> dict:
     """Seconds one MTIL order needs at 100% of ``peak`` (TFLOP/s): rendering its pool, 1,000 steps per task,
     and 11 evaluations of every test split. Computed from counted FLOPs: a floor, not a measurement."""
-    from . import mtil_data
+    from pipeline.datasets import mtil
 
     tasks = catalog.get_order(order)
     pool = [catalog.IMAGENET, *tasks[:-1]]
@@ -171,7 +173,7 @@ def order_limits(order: str = "I", arch: str = "ViT-B-16", peak: float = H100_PE
             by_classes[c] = step_flops(t)
     train = sum(1000 * by_classes[catalog.get_task(t).num_classes] for t in tasks)
     image_f, text_f = eval_flops(arch)
-    test_images = sum(mtil_data._source(t).official[1] for t in tasks)  # official test split sizes
+    test_images = sum(mtil._source(t).official[1] for t in tasks)  # official test split sizes
     prompts = sum(len(catalog.get_task(t).classnames) * len(catalog.get_task(t).templates) for t in tasks)
     evaluation = len(tasks) * (test_images * image_f + prompts * text_f)
     per = {"generate": images * SD15_TFLOP_PER_IMAGE * 1e12, "train": train, "evaluate": evaluation}

@@ -19,53 +19,13 @@ import argparse
 import os
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-NOT_ON_GPU = "not measured on a GPU yet"
-HEADER = ("# Benchmarks\n\nWritten by `make bench`. Every figure is measured in that run; limits are computed from "
-          "counted FLOPs and datasheet peaks and say so.\n\n")
+from .common import NOT_ON_GPU, write_section
+
 SECTIONS = ("generate", "train", "data")
-
-
-def markers(name: str) -> tuple[str, str]:
-    return f"<!-- bench-{name}:start -->", f"<!-- bench-{name}:end -->"
-
-
-def write_section(path: Path, name: str, body: str, top: bool = False) -> None:
-    """Put ``body`` between the section's markers in ``path``: in place if present, else appended (or, with
-    ``top``, placed before the first other section)."""
-    start, end = markers(name)
-    section = f"{start}\n{body.strip()}\n{end}\n"
-    text = path.read_text() if path.exists() else HEADER
-    if start in text and end in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) + 1 :]
-    elif top and "<!-- bench-" in text:
-        at = text.index("<!-- bench-")
-        text = text[:at] + section + "\n" + text[at:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
-def times(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
-    """Seconds of each of ``repeats`` calls after ``warmup`` untimed ones (lazy init, allocator warm-up)."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-def seconds(s: float) -> str:
-    return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
-
-
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -77,7 +37,7 @@ def cpu_name() -> str:
 
 
 def machine_lines() -> list[str]:
-    from .generate import library_versions
+    from pipeline.generation.generate import library_versions
 
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
@@ -150,9 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(only) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
-    from . import bench_data, bench_generate, bench_train
+    from . import data, generate, train
 
-    runners = {"generate": bench_generate.run, "train": bench_train.run, "data": bench_data.run}
+    runners = {"generate": generate.run, "train": train.run, "data": data.run}
     t0 = time.perf_counter()
     facts: dict[str, dict] = {}
     took: dict[str, tuple[float, float]] = {}  # section -> (seconds, load average at its start)

@@ -6,7 +6,7 @@ Each dataset lives in torchvision's folder under the root (``fgvc-aircraft-2013b
 The files are read directly rather than through torchvision's classes: those verify archive MD5 checksums (so small
 test fixtures and hand-assembled copies fail) and may try to download. Nothing here downloads.
 
-Labels are 0-based and index ``pipeline.catalog.get_task(name).classnames``. Where the files carry class names of
+Labels are 0-based and index ``pipeline.datasets.catalog.get_task(name).classnames``. Where the files carry class names of
 their own (everything but Flowers, MNIST and Caltech101), they are compared with the catalog, and a complete class list
 must have the catalog's length: a partial extraction or a mirror with a different class order is reported as broken
 (:class:`DatasetBrokenError`) instead of silently mislabelling images.
@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pipeline.catalog import get_task, mtil_task_names
+from .catalog import get_task, mtil_task_names
 
 MTIL_DATASETS: tuple[str, ...] = tuple(mtil_task_names())
 SPLITS: tuple[str, ...] = ("train", "test")

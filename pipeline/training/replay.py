@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .dist import Dist
-from .models import normalize_uint8
+from pipeline.dist import Dist
+from pipeline.models import normalize_uint8
 
 
 @dataclass

@@ -3,7 +3,7 @@
 :func:`write_report` writes, into ``run_dir``:
 
 * ``acc_matrix.csv`` / ``acc_matrix.npy``: the ``(k, T)`` accuracy matrix (``k`` finished tasks, ``T``
-  datasets; see :mod:`pipeline.metrics`);
+  datasets; see :mod:`pipeline.evaluation.metrics`);
 * ``results.md``: the paper's Transfer / Avg. / Last table, the full matrix, and (for comparable runs)
   our numbers next to the published ones;
 * ``acc_matrix.png``: a heat map of the matrix;
@@ -286,7 +286,7 @@ def write_report(
     ``comparable`` says whether the run's setting matches the paper's (then the published numbers for
     ``(method, order)`` are shown). ``zero_shot`` (length ``T``), if given, adds a Zero-shot row to the
     summary table. Returns ``{"csv", "npy", "md", "heatmap", "curves"}`` -> written paths.
-    Raises ``ValueError`` on a malformed matrix (see :func:`pipeline.metrics.validate`).
+    Raises ``ValueError`` on a malformed matrix (see :func:`pipeline.evaluation.metrics.validate`).
     """
     arr = validate(acc, names)
     if zero_shot is not None and len(zero_shot) != len(names):

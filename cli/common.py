@@ -1,0 +1,65 @@
+"""What every `gift` command shares: the consoles, logging, clean error exits, and relaunching under torchrun."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+console = Console(stderr=True)
+out = Console()
+
+
+def setup_logging() -> None:
+    rank = os.environ.get("RANK")
+    fmt = f"[rank {rank}] %(message)s" if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else "%(message)s"
+    logging.basicConfig(level=logging.WARNING, format=fmt, handlers=[RichHandler(console=console, show_path=False)], force=True)
+    logging.getLogger("gift").setLevel(logging.INFO)  # ours at INFO; libraries (open_clip logs to root) at WARNING
+    for noisy in ("httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+
+
+@contextmanager
+def clean_errors():
+    """Known failures become one red line and a non-zero exit; Ctrl-C exits 130 with a resume hint."""
+    from pipeline.generation.generate import SpecError
+    from pipeline.generation.generators import ModelNotFoundError
+    from shards.errors import ShardSetError
+
+    try:
+        yield
+    except (SpecError, ShardSetError, ModelNotFoundError, ValueError) as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    except OSError as e:
+        console.print(f"[bold red]error:[/] {e}\nNothing partial was kept under a final name; fix the cause and re-run to resume.")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/] finished shards are kept; re-run the same command to resume.")
+        raise typer.Exit(130) from None
+
+
+def relaunch_with_torchrun(gpus: int) -> None:
+    """``--gpus N``: run this same command under torchrun with N processes (one per GPU)."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            args.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m", "cli", *args]
+    console.print(f"launching {gpus} processes: {' '.join(cmd[2:])}")
+    raise typer.Exit(subprocess.call(cmd))

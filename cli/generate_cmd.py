@@ -1,0 +1,82 @@
+"""`gift generate TASK`: render a task's prompts into a shard set (stage 1)."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from cli.common import clean_errors, out, relaunch_with_torchrun, setup_logging
+from cli.progress import RichProgress
+
+
+class Scheduler(str, Enum):
+    pndm = "pndm"
+    ddim = "ddim"
+    dpm_solver = "dpm-solver"
+
+
+class OnOff(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+def generate(
+    task: str = typer.Argument(..., help="An MTIL dataset or `imagenet` (see `gift tasks`)."),
+    model: str = typer.Option("sd15", help="`sd15` (stable-diffusion-v1-5), `tiny` (random, CPU), `reference:DIR` (real images DIR/<class>/*.jpg), a Hub id, or a local diffusers directory."),
+    out_dir: Path = typer.Option(Path("shards-out"), "--out", help="Root of shard sets; the set goes to OUT/<task>/<spec-hash>/."),
+    per_class: int = typer.Option(None, help="Images per class (default: enough for one MTIL order to draw each image about once; see `gift tasks`)."),
+    steps: int = typer.Option(50, help="Denoising steps."),
+    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
+    scheduler: Scheduler = typer.Option(Scheduler.pndm, help="Sampler (pndm is SD v1.5's own, as in the released code)."),
+    size: int = typer.Option(None, help="Image side in pixels (default: 512; 64 for tiny; original size for reference)."),
+    negative_prompt: str = typer.Option("", help="Negative prompt (empty: none)."),
+    safety_checker: OnOff = typer.Option(OnOff.auto, help="SD safety checker; flagged images are recorded and left out (auto: on for sd15, off for tiny)."),
+    dtype: str = typer.Option("auto", help="fp16 | bf16 | fp32 (auto: fp16 on GPU, fp32 on CPU)."),
+    batch_size: int = typer.Option(16, help="Images per pipeline call (numerics only: recorded per shard, not in the hash)."),
+    seed: int = typer.Option(0, help="Base seed; every image's seed derives from it and the image's key."),
+    image_format: str = typer.Option("jpg", "--format", help="jpg | png."),
+    jpeg_quality: int = typer.Option(95, help="JPEG quality."),
+    shard_size: int = typer.Option(64, help="Samples per shard (the unit of resume and of multi-GPU splitting)."),
+    revision: str = typer.Option(None, help="Model revision (Hub models)."),
+    download: bool = typer.Option(False, "--download", help="Allow fetching weights from the Hub (default: local files only)."),
+    device: str = typer.Option(None, help="cuda | cpu (default: cuda:LOCAL_RANK when a GPU is present, else cpu)."),
+    gpus: int = typer.Option(1, help="Processes to launch with torchrun (one per GPU); rank r renders shards r, r+N, ..."),
+    fuse_qkv: bool = typer.Option(False, "--fuse-qkv", help="Speed-up: fused query/key/value projections (numerics only: recorded per shard)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Speed-up: NHWC layout for UNet and VAE (numerics only: recorded per shard)."),
+    compile_unet: bool = typer.Option(False, "--compile", help="Speed-up: torch.compile the UNet; minutes of compilation first (numerics only: recorded per shard)."),
+) -> None:
+    """Render TASK's class prompts into a resumable, verifiable shard set."""
+    if gpus > 1 and "RANK" not in os.environ:
+        relaunch_with_torchrun(gpus)
+    setup_logging()
+    import torch
+
+    from pipeline.generation.generate import default_device, generate, resolve_spec
+    from pipeline.generation.generators import Speedups
+
+    with clean_errors():
+        dev = torch.device(device) if device else default_device()
+        if dev.type == "cuda" and dev.index is None:
+            dev = default_device()
+        spec = resolve_spec(
+            task, model=model, per_class=per_class, steps=steps, guidance=guidance, scheduler=scheduler.value,
+            size=size, negative_prompt=negative_prompt,
+            safety_checker=None if safety_checker is OnOff.auto else safety_checker is OnOff.on,
+            dtype=dtype, seed=seed, image_format=image_format, jpeg_quality=jpeg_quality, shard_size=shard_size,
+            revision=revision, device=dev,
+        )
+        progress = RichProgress(f"{task} ({spec.generator})", enabled=os.environ.get("RANK", "0") == "0")
+        try:
+            result = generate(spec, out_dir, batch_size=batch_size, device=dev, progress=progress, allow_download=download,
+                              speedups=Speedups(fuse_qkv, channels_last, compile_unet))
+        finally:
+            progress.stop()
+    if result.manifest is not None:
+        m = result.manifest
+        state = "[green]complete[/]" if m["complete"] else "[yellow]incomplete[/]"
+        out.print(f"{result.set_path}: {m['samples']} images in {m['num_shards']} shards, {m['bytes'] / 1e6:.1f} MB, "
+                  f"{m['flagged']} flagged, {state} (rendered {len(result.rendered_shards)}, kept {len(result.skipped_shards)})")

@@ -1,0 +1,91 @@
+"""The pipeline's progress hooks shown as rich bars: rendering, transfers, training."""
+
+from __future__ import annotations
+
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from cli.common import console, out
+
+
+class RichProgress:
+    """pipeline.generation.generate.Progress shown as a rich bar with images/s and ETA."""
+
+    def __init__(self, label: str, enabled: bool):
+        self.enabled = enabled
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+            disable=not enabled,
+        )
+        self.label = label
+        self.task = None
+        self.done = 0
+
+    def start(self, total: int, already_done: int) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task(self.label, total=total + already_done, completed=already_done, rate="")
+
+    def advance(self, images: int) -> None:
+        self.bar.advance(self.task, images)
+        speed = self.bar.tasks[0].speed
+        self.bar.update(self.task, rate=f"{speed:.2f} img/s" if speed else "")
+
+    def shard_done(self, record, render_s: float, write_s: float) -> None: ...
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+class TransferBar:
+    """shards.store.Progress as a rich bar with bytes, speed and ETA."""
+
+    def __init__(self):
+        self.bar = None
+
+    def start(self, label: str, total_bytes: int) -> None:
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                            TransferSpeedColumn(), TimeRemainingColumn(), console=console)
+        self.bar.start()
+        self.task = self.bar.add_task(label, total=total_bytes)
+
+    def advance(self, nbytes: int) -> None:
+        self.bar.advance(self.task, nbytes)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class TrainProgress:
+    """pipeline.training.train.Progress as a rich bar per task with the loss terms and steps/s."""
+
+    def __init__(self):
+        self.bar = None
+
+    def start_task(self, index: int, task: str, steps: int) -> None:
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[losses]}"),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+        self.bar.start()
+        self.task = self.bar.add_task(f"task {index + 1}: {task}", total=steps, losses="")
+
+    def step(self, losses: dict[str, float]) -> None:
+        speed = self.bar.tasks[0].speed
+        text = " ".join(f"{k} {v:.3f}" for k, v in losses.items()) + (f"  {speed:.1f} it/s" if speed else "")
+        self.bar.update(self.task, advance=1, losses=text)
+
+    def end_task(self) -> None:
+        self.bar.stop()
+
+    def evaluated(self, index: int, task: str, row: list[float]) -> None:
+        out.print(f"[bold]after task {index + 1} ({task})[/]: " + "  ".join(f"{a:.1f}" for a in row)
+                  + f"   mean {sum(row) / len(row):.1f}")

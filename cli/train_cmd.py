@@ -1,0 +1,85 @@
+"""`gift train`: continual fine-tuning over an order, evaluation after every task, report (stage 2)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from cli.common import clean_errors, out, relaunch_with_torchrun, setup_logging
+from cli.progress import TrainProgress
+
+
+def train(
+    order: str = typer.Option("II", help="Task order: I, II (MTIL) or mini (scikit-learn images, for demos/tests)."),
+    method: str = typer.Option("gift", help="gift | finetune | l2 | wise-ft | lwf | lwf-vr | zscl | icarl | ewc | zeroshot."),
+    name: str = typer.Option(None, help="Run directory name under --runs (default: <method>-order<order>)."),
+    runs: Path = typer.Option(Path("runs"), help="Where run directories go."),
+    data_root: Path = typer.Option(None, help="Folder holding the MTIL datasets (see `gift data check`)."),
+    shards: str = typer.Option("shards-out", help="Root of the rendered shard sets (stage 1's --out), or a store URL (https://, ssh://, ...) to fetch the pool from."),
+    shard_cache: Path = typer.Option(None, help="Where sets from a store URL are cached and verified (default: ~/.cache/gift/shards)."),
+    shard_family: str = typer.Option(None, help="Which generator spec's sets to use when several are present."),
+    clip: str = typer.Option("ViT-B-16", help="open_clip architecture, or `tiny`."),
+    clip_weights: str = typer.Option("openai", help="`openai` (from the HF cache), a checkpoint file, or `none`."),
+    iterations: int = typer.Option(1000, help="Steps per task."),
+    batch_size: int = typer.Option(64, help="Real images per step."),
+    synthetic_batch: int = typer.Option(64, help="Synthetic image-text pairs per step."),
+    synthetic_budget: int = typer.Option(1000, help="Synthetic images drawn per task from the pool."),
+    lr: float = typer.Option(None, help="Base learning rate (default: 5e-5 aircraft/mnist, 1e-5 other MTIL tasks, 1e-3 mini)."),
+    warmup: int = typer.Option(100, help="Linear warm-up steps before the cosine schedule."),
+    seed: int = typer.Option(0, help="Seed of every task's RNGs and of the synthetic draw."),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 (autocast)."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the student's training forward (numerics only; a minute or more of compilation first)."),
+    workers: int = typer.Option(None, help="Data-loader workers per process for the real data and the one-time test-set decode (default: one per spare core, at most 8; results do not depend on it, and it may change when a run resumes)."),
+    cd: bool = typer.Option(True, "--cd/--no-cd", help="GIFT: contrastive distillation."),
+    ita: bool = typer.Option(True, "--ita/--no-ita", help="GIFT: image-text alignment."),
+    awc: bool = typer.Option(True, "--awc/--no-awc", help="GIFT: adaptive weight consolidation."),
+    beta: float = typer.Option(0.25, help="GIFT: ITA scale (on each direction)."),
+    lam: float = typer.Option(1.0, help="GIFT: AWC weight λ."),
+    teacher: str = typer.Option("last", help="GIFT: last | initial | wise:x."),
+    distill: str = typer.Option("contrastive", help="GIFT: contrastive | feature | image-only | text-only."),
+    ita_target: str = typer.Option("code", help="GIFT: code (smoothing 0.2, shared duplicate positives) | paper (identity)."),
+    fisher_norm: bool = typer.Option(True, "--fisher-norm/--no-fisher-norm", help="GIFT: per-tensor normalised Fisher."),
+    replay_generator: str = typer.Option(None, help="GIFT: replay the pool sets of this generator only (sd15 | tiny | reference = real images)."),
+    wise_alpha: float = typer.Option(0.8, help="wise-ft: θ ← α·θ + (1−α)·θ(t−1) after each task."),
+    random_texts: int = typer.Option(1000, help="lwf-vr: number of random 10-token sentences."),
+    reference_images: Path = typer.Option(None, help="zscl: ImageFolder of real reference images (ImageNet train in the paper)."),
+    reference_texts: Path = typer.Option(None, help="zscl: captions file, one per line."),
+    ensemble_every: int = typer.Option(100, help="zscl: weight-ensemble snapshot every N steps."),
+    memory_size: int = typer.Option(10000, help="icarl: exemplars kept over all seen classes (herding)."),
+    ewc_samples: int = typer.Option(256, help="ewc: synthetic samples for the static Fisher before each task."),
+    device: str = typer.Option(None, help="cuda | cpu (default: cuda when present)."),
+    gpus: int = typer.Option(1, help="Processes to launch with torchrun (one per GPU; DistributedDataParallel)."),
+) -> None:
+    """Continual fine-tuning over an order, evaluating every dataset after each task; resumable."""
+    if gpus > 1 and "RANK" not in os.environ:
+        relaunch_with_torchrun(gpus)
+    setup_logging()
+    import torch
+
+    from pipeline.datasets.mtil import DatasetMissingError
+    from pipeline.models import ClipNotFoundError
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.step import NonFiniteLossError
+    from pipeline.training.train import train as run_train
+
+    config = TrainConfig(
+        order=order, method=method, name=name, runs=str(runs), data_root=str(data_root) if data_root else None,
+        shards=str(shards), shard_cache=str(shard_cache) if shard_cache else None, shard_family=shard_family, clip_arch=clip, clip_weights=clip_weights,
+        iterations=iterations, batch_size=batch_size, synthetic_batch=synthetic_batch,
+        synthetic_budget=synthetic_budget, lr=lr, warmup=warmup, seed=seed, precision=precision, compile=compile_model, workers=workers,
+        cd=cd, ita=ita, awc=awc, beta=beta, lam=lam, teacher=teacher, distill=distill, ita_target=ita_target,
+        fisher_norm=fisher_norm, replay_generator=replay_generator, wise_alpha=wise_alpha, random_texts=random_texts,
+        reference_images=str(reference_images) if reference_images else None,
+        reference_texts=str(reference_texts) if reference_texts else None, ensemble_every=ensemble_every,
+        memory_size=memory_size, ewc_samples=ewc_samples,
+    )
+    with clean_errors():
+        try:
+            run_dir = run_train(config, TrainProgress(), torch.device(device) if device else None)
+        except (ClipNotFoundError, DatasetMissingError, NonFiniteLossError) as e:
+            raise ValueError(str(e)) from e
+    if os.environ.get("RANK", "0") == "0":
+        out.print(f"[green]done[/]: {run_dir}/results.md")
+        out.print((run_dir / "results.md").read_text())

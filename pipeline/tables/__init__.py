@@ -1,0 +1,1 @@
+"""The paper's tables: named run settings (``presets``) and running / reusing them into one comparison (``table``)."""

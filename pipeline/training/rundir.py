@@ -1,0 +1,64 @@
+"""Run directories: created for one configuration only, and a checkpoint + report written by rename after each task.
+
+    runs/<name>/config.json        the resolved TrainConfig (a run directory is never reused for another config)
+               state.json          finished tasks, accuracy rows, the current checkpoint
+               checkpoint-taskNN.safetensors, acc_matrix.csv/.npy, results.md, acc_matrix.png, curves.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.evaluation.report import write_report
+from pipeline.tables.presets import comparable
+from shards.layout import atomic_write_bytes
+
+from .config import FREE_ON_RESUME, TrainConfig
+
+
+class RunDirError(ValueError):
+    """A run directory that holds another configuration."""
+
+
+def prepare_run_dir(config: TrainConfig) -> tuple[Path, dict]:
+    """Create the run directory, or check it belongs to this very config; returns (dir, saved state)."""
+    run_dir = Path(config.runs) / config.run_name
+    cfg = asdict(config)
+    if (run_dir / "config.json").exists():
+        # fields added to TrainConfig after the run was made hold their defaults there
+        saved = {**asdict(TrainConfig()), **json.loads((run_dir / "config.json").read_text())}
+        differs = sorted(k for k in set(saved) | set(cfg) if saved.get(k) != cfg.get(k) and k not in FREE_ON_RESUME)
+        if differs:
+            raise RunDirError(f"{run_dir} holds a run with another configuration (differs in: {', '.join(differs)}); "
+                              "pass --name to start a new run, or re-run with the same options to resume it")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "config.json", (json.dumps(cfg, indent=1) + "\n").encode())
+    state_file = run_dir / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"finished": 0, "acc": [], "checkpoint": None}
+    return run_dir, state
+
+
+def finish_task(run_dir: Path, state: dict, model, index: int, row: list[float], config: TrainConfig,
+                 order: list[str]) -> None:
+    """Checkpoint (new file, then state.json by rename, then drop the old file), then rewrite the report."""
+    from safetensors.torch import save_file
+
+    name = f"checkpoint-task{index + 1:02d}.safetensors"
+    tmp = run_dir / f".{name}.tmp-{os.getpid()}"
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp,
+              metadata={"task": order[index], "index": str(index), "config": json.dumps(asdict(config))})
+    os.replace(tmp, run_dir / name)
+    old = state["checkpoint"]
+    state.update(finished=index + 1, acc=[*state["acc"], row], checkpoint=name, updated=time.time())
+    atomic_write_bytes(run_dir / "state.json", (json.dumps(state, indent=1) + "\n").encode())
+    if old and old != name:
+        (run_dir / old).unlink(missing_ok=True)
+    write_report(run_dir, names=order, acc=np.array(state["acc"]), method=config.method, order=config.order,
+                 comparable=comparable(asdict(config)))
