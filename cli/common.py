@@ -33,12 +33,16 @@ def setup_logging() -> None:
 @contextmanager
 def clean_errors():
     """Known failures become one red line and a non-zero exit; Ctrl-C exits 130 with a resume hint."""
+    from pipeline.dist import PeerLostError
     from pipeline.generation.generate import SpecError
     from pipeline.generation.generators import ModelNotFoundError
     from shards.errors import ShardSetError
 
     try:
         yield
+    except PeerLostError as e:  # the other process printed the cause; a gloo traceback here would bury it
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(1) from None
     except (SpecError, ShardSetError, ModelNotFoundError, ValueError) as e:
         console.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2) from None

@@ -2,8 +2,8 @@
 
 Plan first, render second. The plan (key, class, prompt, seed of every sample) is a pure function of
 the :class:`GenerateSpec`; the set lives at ``OUT/<task>/<spec-hash>/``. Shard i holds plan rows
-[i*shard_size, (i+1)*shard_size). Under ``torchrun`` rank r renders shards r, r+world, ... and writes only
-its own files; rank 0 writes the manifest. Re-running the same command skips finished shards whose
+[i*shard_size, (i+1)*shard_size). Under ``torchrun`` (one node, or several whose OUT is one shared directory)
+rank r renders shards r, r+world, ... and writes only its own files; rank 0 writes the manifest. Re-running the same command skips finished shards whose
 checksums hold and redoes the rest.
 """
 
@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from pipeline.datasets import catalog
-from pipeline.dist import Dist
+from pipeline.dist import Dist, RankStoppedError
 from shards.errors import SpecMismatchError
 from shards.layout import parquet_path, set_dir, spec_hash, tar_path
 from shards.manifest import (
@@ -270,7 +270,12 @@ def generate(
     versions = library_versions()
     if dist.rank == 0:
         _open_set(set_path, spec, len(shards), len(rows), versions)
-    dist.barrier()
+    try:  # every node must write into this very directory: refused here, before anything is rendered
+        dist.check_shared(set_path, "OUT", "nothing was rendered")
+    except RankStoppedError:
+        if dist.rank == 0:
+            _remove_if_empty(set_path)
+        raise
 
     result = GenerateResult(set_path, None)
     todo = []
