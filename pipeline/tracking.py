@@ -2,17 +2,21 @@
 
 Two backends, each the library's own writer: TensorBoard through ``torch.utils.tensorboard.SummaryWriter`` (needs
 the ``tensorboard`` package) and Weights & Biases through ``wandb``; both are the optional extra
-``pip install -e '.[tracking]'``. A :class:`Tracker` writes into one directory, which also keeps ``tracking.json``:
+``pip install -e '.[tracking]'``. :class:`Trackers` drives the chosen ones in one directory, which also keeps
+``tracking.json``:
 
     <directory>/tracking.json      {"tensorboard": {"logged": step}, "wandb": {"id": run id, "logged": step}}
                tensorboard/        TensorBoard event files (``tensorboard --logdir <directory>``)
                wandb/              W&B's local run files (offline runs: ``wandb sync <directory>/wandb/offline-run-*``)
 
-``logged`` is the last step each backend has written (TensorBoard flushed). Reopening the directory (a resumed run)
-continues the same TensorBoard log and the same W&B run (same id), skips every step up to ``logged`` (an
-interrupted run redoes work it had already logged: the same values, since runs resume exactly), and tells
-TensorBoard to purge anything written after ``logged`` (events that were written but not yet recorded as such),
-so every step has exactly one point.
+``logged`` is the last step each backend is known to hold. TensorBoard's events are flushed to the file at every
+call, so its mark follows every call; W&B keeps what it is given in its own process until the run ends (a killed
+offline run loses it), so its mark moves when the run is closed, and on reopening W&B's own resume point (the
+step its server already has, online) counts too. Reopening the directory (a resumed run) continues the same
+TensorBoard log and the same W&B run (same id), skips every step up to a backend's mark (an interrupted run redoes
+work it had already logged: the same values, since runs resume exactly) and tells TensorBoard to purge anything
+written after its mark, so every step has one point. What a backend lost can be logged again by the caller
+(training replays its run directory: ``pipeline/training/tracking.py``); :meth:`Trackers.wants` says which steps.
 """
 
 from __future__ import annotations
@@ -59,9 +63,14 @@ def parse_report_to(text: str | None) -> tuple[str, ...]:
 
 
 class Backend:
-    """What one tracker library is asked to do; :class:`Tracker` decides which steps reach it."""
+    """What one tracker library is asked to do; :class:`Trackers` decides which steps reach it."""
 
     name = ""
+    durable = True  # what it was given is on disk after flush() (else: only once closed)
+
+    def resumed_through(self) -> int:
+        """The last step the library itself says it already holds (-1: it does not say)."""
+        return -1
 
     def scalars(self, values: Mapping[str, float], step: int) -> None: ...
     def images(self, images: Mapping[str, Image.Image], step: int) -> None: ...
@@ -102,6 +111,7 @@ class Wandb(Backend):
     """One W&B run (``run_id`` kept by the caller, so a resumed run continues it); files under ``directory/wandb``."""
 
     name = "wandb"
+    durable = False  # buffered in W&B's service process until the run finishes
 
     def __init__(self, directory: Path, run_id: str, name: str, config: Mapping):
         import wandb
@@ -116,6 +126,9 @@ class Wandb(Backend):
                                 "and upload later with `wandb sync`") from e
         self.image_type = wandb.Image
 
+    def resumed_through(self) -> int:
+        return self.run.step - 1  # online, a resumed run starts after the last step the server has; offline at 0
+
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         self.run.log(dict(values), step=step)
 
@@ -129,7 +142,7 @@ class Wandb(Backend):
         self.run.finish()
 
 
-class Tracker:
+class Trackers:
     """The backends named in ``report_to``, writing under ``directory``, as one; resumable (see the module doc).
 
     ``name`` and ``config`` label the run (W&B's run name and config). Steps must not decrease across calls
@@ -142,11 +155,11 @@ class Tracker:
         state_file = self.directory / STATE
         self.state: dict = json.loads(state_file.read_text()) if state_file.exists() else {}
         self.backends: list[Backend] = []
-        self.skip_through: dict[str, int] = {}
+        self.skip_through: dict[str, int] = {}  # steps up to here are already held: never sent again
+        self.sent: dict[str, int] = {}  # the last step handed over, by this call or before
         try:
             for name_ in report_to:
                 entry = self.state.setdefault(name_, {"logged": -1})
-                self.skip_through[name_] = entry["logged"]
                 if name_ == "tensorboard":
                     # resuming: events after the last recorded step were written by the interrupted run: purge them
                     purge = entry["logged"] + 1 if entry["logged"] >= 0 else None
@@ -156,13 +169,18 @@ class Tracker:
                     self.backends.append(Wandb(self.directory, entry["id"], name, config))
                 else:
                     raise TrackingError(f"unknown tracker {name_!r}; choose {' or '.join(REPORTERS)}")
+                self.skip_through[name_] = self.sent[name_] = max(entry["logged"], self.backends[-1].resumed_through())
         except BaseException:
             self.close()
             raise
         self._save()
 
+    def wants(self, step: int) -> bool:
+        """Whether some backend does not hold ``step`` yet (so the caller may skip preparing it)."""
+        return any(step > self.skip_through[b.name] for b in self.backends)
+
     def log(self, values: Mapping[str, float], step: int, images: Mapping[str, Image.Image] | None = None) -> None:
-        """Scalars (non-finite ones left out) and images at ``step``, to every backend that has not logged it yet."""
+        """Scalars (non-finite ones left out) and images at ``step``, to every backend that does not hold it yet."""
         values = {k: float(v) for k, v in values.items() if math.isfinite(v)}
         for backend in self.backends:
             if step <= self.skip_through[backend.name]:
@@ -171,8 +189,10 @@ class Tracker:
                 backend.scalars(values, step)
             if images:
                 backend.images(images, step)
-            backend.flush()  # before the step is recorded as logged
-            self.state[backend.name]["logged"] = max(step, self.state[backend.name]["logged"])
+            self.sent[backend.name] = max(step, self.sent[backend.name])
+            if backend.durable:
+                backend.flush()  # before the step is recorded as held
+                self.state[backend.name]["logged"] = self.sent[backend.name]
         self._save()
 
     def summary(self, values: Mapping[str, float]) -> None:
@@ -181,8 +201,12 @@ class Tracker:
             backend.summary({k: float(v) for k, v in values.items() if math.isfinite(v)})
 
     def close(self) -> None:
+        """Finish every backend; what they were given is now held (W&B has written or sent it)."""
         for backend in self.backends:
             backend.close()
+            self.state[backend.name]["logged"] = self.sent.get(backend.name, self.state[backend.name]["logged"])
+        if self.backends:
+            self._save()
         self.backends = []
 
     def _save(self) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.tracking import Tracker
+from pipeline.tracking import Trackers
 from shards.layout import set_dir
 from shards.manifest import ShardRecord
 from shards.preview import contact_sheet
@@ -43,11 +43,11 @@ class GenerateTracking(Progress):
         self.directory = tracking_dir(out, spec)
         self.name = f"generate-{spec.task}-{self.directory.name}"
         self.config = spec.to_dict()
-        self.tracker: Tracker | None = None
+        self.tracker: Trackers | None = None
 
     def start(self, total: int, already_done: int) -> None:
         # opened here, not earlier: generate() has checked the request and OUT by now
-        self.tracker = Tracker(self.directory, self.report_to, name=self.name, config=self.config)
+        self.tracker = Trackers(self.directory, self.report_to, name=self.name, config=self.config)
         self.inner.start(total, already_done)
 
     def advance(self, images: int) -> None:

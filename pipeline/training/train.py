@@ -61,7 +61,7 @@ class Tracker:
     """Hooks for experiment trackers (``--report-to``, pipeline/training/tracking.py), called on rank 0 only; the
     default does nothing. ``step`` is the run's global step: task index · iterations + step in the task."""
 
-    def open(self, run_dir: Path, config: TrainConfig) -> None: ...
+    def open(self, run_dir: Path, config: TrainConfig, names: list[str], acc: list[list[float]]) -> None: ...
     def metrics(self, record: dict, step: int) -> None: ...  # a row of metrics.jsonl, when it is written
     def evaluated(self, index: int, names: list[str], acc: list[list[float]]) -> None: ...  # rows 0..index
     def close(self) -> None: ...
@@ -171,7 +171,7 @@ def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tes
         file_log.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         logging.getLogger("gift").addHandler(file_log)
     try:
-        tracker.open(run_dir, config)
+        tracker.open(run_dir, config, order, state["acc"])
         initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if state["checkpoint"]:
             from safetensors.torch import load_file
