@@ -2,8 +2,8 @@
 
 Plan first, render second. The plan (key, class, prompt, seed of every sample) is a pure function of
 the :class:`GenerateSpec`; the set lives at ``OUT/<task>/<spec-hash>/``. Shard i holds plan rows
-[i*shard_size, (i+1)*shard_size). Under ``torchrun`` (one node, or several whose OUT is one shared directory)
-rank r renders shards r, r+world, ... and writes only its own files; rank 0 writes the manifest. Re-running the same command skips finished shards whose
+[i*shard_size, (i+1)*shard_size). Under ``torchrun`` rank r renders shards r, r+world, ... and writes only
+its own files; rank 0 writes the manifest. Re-running the same command skips finished shards whose
 checksums hold and redoes the rest.
 """
 
