@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -59,15 +60,21 @@ class Dist:
         td.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
         return True
 
+    @contextmanager
+    def _peers(self, what: str):
+        """A collective whose failure means another process stopped: say so in one line, not gloo's traceback."""
+        try:
+            yield
+        except RuntimeError as e:  # gloo: "Connection closed by peer"; NCCL: a timeout
+            raise PeerLostError(
+                f"rank {self.rank}: another process of this run stopped or stalled ({type(e).__name__} in {what}); "
+                "its own error is in its output (on its node); re-run the same command on every node to resume"
+            ) from e
+
     def barrier(self) -> None:
         if self.world > 1:
-            try:
+            with self._peers("a barrier"):
                 td.barrier()
-            except RuntimeError as e:  # gloo: "Connection closed by peer"; NCCL: a timeout
-                raise PeerLostError(
-                    f"rank {self.rank}: another process of this run stopped or stalled ({type(e).__name__} in a "
-                    "barrier); its own error is in its output (on its node); re-run the same command on every "
-                    "node to resume") from e
 
     def agree(self, error: str | None, advice: str = "") -> None:
         """Stop every rank together when any rank has an ``error`` (``None``: this rank can go on).
@@ -79,7 +86,8 @@ class Dist:
             verdicts = [(error, socket.gethostname())]
         else:
             verdicts = [None] * self.world
-            td.all_gather_object(verdicts, (error, socket.gethostname()))
+            with self._peers("a check all ranks make"):
+                td.all_gather_object(verdicts, (error, socket.gethostname()))
         failed = [f"rank {r} (on {host}) stopped: {e.rstrip('.')}" for r, (e, host) in enumerate(verdicts) if e]
         if failed:
             raise RankStoppedError("; ".join(failed) + (f". {advice}" if advice else ""))
@@ -95,16 +103,23 @@ class Dist:
         if self.world == 1:
             return
         directory = Path(directory)
-        token = [secrets.token_hex(8), socket.gethostname()] if self.main else [None, None]
+        token = [secrets.token_hex(8), socket.gethostname(), None] if self.main else [None, None, None]
         mark = None
         if self.main:
-            directory.mkdir(parents=True, exist_ok=True)
             mark = directory / f"{SHARED_MARK}{token[0]}"
-            mark.write_text(token[0])
-        td.broadcast_object_list(token, src=0)
-        nonce, host0 = token
-        error = None if _sees(directory / f"{SHARED_MARK}{nonce}", nonce) else (
-            f"it does not see {directory}, which rank 0 created on {host0}")
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                mark.write_text(token[0])
+            except OSError as e:  # told to every rank, so none waits for a marker that never comes
+                token[2] = f"it cannot write into {directory}: {e}"
+        with self._peers("a check all ranks make"):
+            td.broadcast_object_list(token, src=0)
+        nonce, host0, failed0 = token
+        if self.main:
+            error = failed0
+        else:
+            error = None if failed0 or _sees(directory / f"{SHARED_MARK}{nonce}", nonce) else (
+                f"it does not see {directory}, which rank 0 created on {host0}")
         try:
             self.agree(error, f"{option} must be on a filesystem all nodes share (the same path on every node)"
                        + (f"; {consequence}" if consequence else ""))

@@ -26,7 +26,7 @@ TIMEOUT_S = 300  # per launcher: a rendezvous or collective that hangs fails the
 GENERATE = ["generate", "mnist", *FAST, "--per-class", "2", "--shard-size", "4", "--batch-size", "2"]
 TRAIN = ("--method", "gift", "--iterations", "4", "--warmup", "2", "--batch-size", "16", "--synthetic-batch", "16")
 # torchrun gives a lone process all cores: one thread per process everywhere, as the one-process yardsticks run
-ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "400", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "400"}
 
 
 def free_port() -> int:
@@ -128,7 +128,7 @@ def _finished(run_dir: Path) -> tuple[list, torch.Tensor]:
     return state["acc"], _flat(load_file(run_dir / state["checkpoint"]))
 
 
-def test_two_nodes_train_like_one_process_and_only_rank_0_reports(workspace):
+def test_two_nodes_train_like_one_process_and_only_rank_0_reports(workspace, tmp_path):
     """Training across two launchers equals one process within the thread-count yardstick of
     tests/test_train.py (two processes must land no farther from the one-process weights than the same one-process
     run with another thread count); --report-to writes one TensorBoard log and one W&B run, from rank 0."""
@@ -139,7 +139,9 @@ def test_two_nodes_train_like_one_process_and_only_rank_0_reports(workspace):
         r = run_gift(*cli_args(workspace, *TRAIN, "--name", name), env={"OMP_NUM_THREADS": threads})
         assert r.returncode == 0, r.stderr
     args = cli_args(workspace, *TRAIN, "--name", "nodes-2", "--report-to", "tensorboard,wandb")
-    for node in run_nodes(args, args):
+    wandb_home = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CACHE_DIR": str(tmp_path),
+                  "WANDB_CONFIG_DIR": str(tmp_path), "WANDB_DATA_DIR": str(tmp_path)}
+    for node in run_nodes(args, args, env=wandb_home):
         assert node.returncode == 0, node.stderr
     (acc1, one), (_, threads), (acc2, two) = (_finished(root / "runs" / n)
                                              for n in ("nodes-1", "nodes-1-threads", "nodes-2"))

@@ -21,10 +21,19 @@ from PIL import Image
 from pipeline.evaluation.metrics import summarize
 from tests.conftest import FAST, ROOT, cli_args, gift_cmd, only_set, run_gift
 
-WANDB_ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 GENERATE = ["generate", "mnist", *FAST, "--per-class", "2", "--shard-size", "4", "--batch-size", "2"]
 TERMS = ("ce", "cd", "ita", "awc", "lr")
 ORDER = ("mini-a", "mini-b", "mini-c")
+
+
+@pytest.fixture(scope="module")
+def wandb_env(tmp_path_factory) -> dict[str, str]:
+    """W&B offline, with its cache, config and temporary files in the test's own folder, not the home directory."""
+    home = tmp_path_factory.mktemp("wandb-home")
+    for sub in ("cache", "config", "data", "tmp"):
+        (home / sub).mkdir()
+    return {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CACHE_DIR": str(home / "cache"),
+            "WANDB_CONFIG_DIR": str(home / "config"), "WANDB_DATA_DIR": str(home / "data"), "TMPDIR": str(home / "tmp")}
 
 
 def tensorboard(log_dir: Path):
@@ -87,7 +96,7 @@ def test_report_to_is_checked_before_anything_runs(workspace, tmp_path):
     assert not (root / "runs" / "badtracker").exists() and not list(tmp_path.iterdir())
 
 
-def test_tensorboard_and_wandb_hold_the_run_directory_across_a_kill_and_resume(workspace):
+def test_tensorboard_and_wandb_hold_the_run_directory_across_a_kill_and_resume(workspace, wandb_env):
     """A run killed in task 2, after it had logged some of task 2's steps, then resumed: TensorBoard holds every
     metrics.jsonl row once (the redone steps not again), W&B's run (same id) holds every row and the summary."""
     root, _ = workspace
@@ -95,7 +104,7 @@ def test_tensorboard_and_wandb_hold_the_run_directory_across_a_kill_and_resume(w
     args = cli_args(workspace, "--method", "gift", "--iterations", "25", "--name", "tracked",
                     "--report-to", "tensorboard,wandb")
     proc = subprocess.Popen(gift_cmd(*args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, **WANDB_ENV})
+                            env={**os.environ, **wandb_env})
     marks, deadline = run_dir / "tracking.json", time.time() + 300
     while time.time() < deadline and proc.poll() is None:  # until task 2's steps 0 and 10 are in TensorBoard
         if marks.exists() and json.loads(marks.read_text())["tensorboard"]["logged"] >= 35:
@@ -107,7 +116,7 @@ def test_tensorboard_and_wandb_hold_the_run_directory_across_a_kill_and_resume(w
     killed_mark = json.loads(marks.read_text())
     assert killed_mark["tensorboard"]["logged"] >= 35 and killed_mark["wandb"]["logged"] == -1  # W&B: not closed
 
-    r = run_gift(*args, env=WANDB_ENV)
+    r = run_gift(*args, env=wandb_env)
     assert r.returncode == 0, r.stderr
     # (rows of the killed task that reached metrics.jsonl were written again by the resume: the same values)
     by_step = {r["index"] * 25 + r["step"]: r
@@ -154,8 +163,8 @@ def test_tensorboard_and_wandb_hold_the_run_directory_across_a_kill_and_resume(w
     assert (runs[-1] / "files" / "media" / "images").is_dir()  # the heat maps and curves
 
 
-def test_generate_logs_images_per_s_and_one_contact_sheet_per_set(tmp_path):
-    r = run_gift(*GENERATE, "--out", tmp_path, "--report-to", "tensorboard,wandb", env=WANDB_ENV)
+def test_generate_logs_images_per_s_and_one_contact_sheet_per_set(tmp_path, wandb_env):
+    r = run_gift(*GENERATE, "--out", tmp_path, "--report-to", "tensorboard,wandb", env=wandb_env)
     assert r.returncode == 0, r.stderr
     set_path = only_set(tmp_path)
     logs = tmp_path / ".tracking" / "mnist" / set_path.name
@@ -174,7 +183,7 @@ def test_generate_logs_images_per_s_and_one_contact_sheet_per_set(tmp_path):
     assert history[None]["samples"] == 20 and history[None]["shards"] == 5 and history[None]["processes"] == 1
     assert sorted(s for s in history if s is not None and "generate/images_per_s" in history[s]) == [0, 1, 2, 3, 4]
 
-    r = run_gift(*GENERATE, "--out", tmp_path, "--report-to", "tensorboard", env=WANDB_ENV)  # nothing left to do
+    r = run_gift(*GENERATE, "--out", tmp_path, "--report-to", "tensorboard")  # nothing left to do
     assert r.returncode == 0 and "rendered 0, kept 5" in r.stdout
     assert len(tensorboard(logs / "tensorboard").Images("contact_sheet")) == 1  # logged once per set
     assert not list(set_path.glob(".*"))  # nothing added to the set
