@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 console = Console(stderr=True)
 out = Console()
@@ -33,17 +34,21 @@ def setup_logging() -> None:
 @contextmanager
 def clean_errors():
     """Known failures become one red line and a non-zero exit; Ctrl-C exits 130 with a resume hint."""
+    from pipeline.dist import PeerLostError
     from pipeline.generation.generate import SpecError
     from pipeline.generation.generators import ModelNotFoundError
     from shards.errors import ShardSetError
 
     try:
         yield
+    except PeerLostError as e:  # the other process printed the cause; a gloo traceback here would bury it
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        raise typer.Exit(1) from None
     except (SpecError, ShardSetError, ModelNotFoundError, ValueError) as e:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {escape(str(e))}")  # messages may hold brackets: `pip install '.[x]'`
         raise typer.Exit(2) from None
     except OSError as e:
-        console.print(f"[bold red]error:[/] {e}\nNothing partial was kept under a final name; fix the cause and re-run to resume.")
+        console.print(f"[bold red]error:[/] {escape(str(e))}\nNothing partial was kept under a final name; fix the cause and re-run to resume.")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] finished shards are kept; re-run the same command to resume.")

@@ -48,6 +48,7 @@ def generate(
     fuse_qkv: bool = typer.Option(False, "--fuse-qkv", help="Speed-up: fused query/key/value projections (numerics only: recorded per shard)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Speed-up: NHWC layout for UNet and VAE (numerics only: recorded per shard)."),
     compile_unet: bool = typer.Option(False, "--compile", help="Speed-up: torch.compile the UNet; minutes of compilation first (numerics only: recorded per shard)."),
+    report_to: str = typer.Option("", "--report-to", help="Experiment trackers, comma-separated: tensorboard, wandb (off by default; pip install -e '.[tracking]'). Rank 0 logs images/s per shard, then the set's contact sheet, under OUT/.tracking/<task>/<hash>/."),
 ) -> None:
     """Render TASK's class prompts into a resumable, verifiable shard set."""
     if gpus > 1 and "RANK" not in os.environ:
@@ -57,8 +58,10 @@ def generate(
 
     from pipeline.generation.generate import default_device, generate, resolve_spec
     from pipeline.generation.generators import Speedups
+    from pipeline.tracking import parse_report_to
 
     with clean_errors():
+        reporters = parse_report_to(report_to)  # an unknown or missing tracker fails before anything runs
         dev = torch.device(device) if device else default_device()
         if dev.type == "cuda" and dev.index is None:
             dev = default_device()
@@ -69,10 +72,17 @@ def generate(
             dtype=dtype, seed=seed, image_format=image_format, jpeg_quality=jpeg_quality, shard_size=shard_size,
             revision=revision, device=dev,
         )
-        progress = RichProgress(f"{task} ({spec.generator})", enabled=os.environ.get("RANK", "0") == "0")
+        main = os.environ.get("RANK", "0") == "0"
+        progress = RichProgress(f"{task} ({spec.generator})", enabled=main)
+        if reporters and main:  # rank 0 only: one log per set
+            from pipeline.generation.tracking import GenerateTracking
+
+            progress = GenerateTracking(progress, reporters, out_dir, spec)
         try:
             result = generate(spec, out_dir, batch_size=batch_size, device=dev, progress=progress, allow_download=download,
                               speedups=Speedups(fuse_qkv, channels_last, compile_unet))
+            if reporters and main:
+                progress.finished(result)
         finally:
             progress.stop()
     if result.manifest is not None:

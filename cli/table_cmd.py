@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from pathlib import Path
 
 import typer
@@ -30,8 +31,9 @@ RENAMED = {"clip": "clip_arch", "compile_model": "compile"}
 TABLE_OWNED = ("order", "method", "name", "runs")
 
 
-def train_options(ctx: typer.Context, args: list[str]) -> tuple[dict, str | None, list[Path]]:
-    """Parse ``args`` with ``gift train``'s own options: (TrainConfig kwargs, --device, leftover positional paths).
+def train_options(ctx: typer.Context, args: list[str]) -> tuple[dict, str | None, str, list[Path]]:
+    """Parse ``args`` with ``gift train``'s own options: (TrainConfig kwargs, --device, --report-to, leftover
+    positional paths).
 
     Only TrainConfig fields are passed on (so an option added to ``gift train`` for a new field works here too).
     """
@@ -49,7 +51,7 @@ def train_options(ctx: typer.Context, args: list[str]) -> tuple[dict, str | None
         key = RENAMED.get(key, key)
         if key in fields and key not in TABLE_OWNED:
             kwargs[key] = value.value if isinstance(value, enum.Enum) else str(value) if isinstance(value, Path) else value
-    return kwargs, sub.params.get("device"), [Path(a) for a in sub.args]
+    return kwargs, sub.params.get("device"), sub.params.get("report_to") or "", [Path(a) for a in sub.args]
 
 
 def _list_presets() -> None:
@@ -86,10 +88,14 @@ def table(
 
     from pipeline.tables import presets
     from pipeline.tables import table as tbl
+    from pipeline.tracking import parse_report_to
     from pipeline.training.config import TrainConfig
+    from pipeline.training.tracking import TrainTracking
+    from pipeline.training.train import train
 
     with clean_errors():
-        base, device, extra = train_options(ctx, ctx.args)
+        base, device, report_to, extra = train_options(ctx, ctx.args)
+        reporters = parse_report_to(report_to)  # every run the table trains reports to them
         paths = [*(runs or []), *extra]
         if methods is None and paths:  # build only
             run_dirs = []
@@ -110,9 +116,10 @@ def table(
             if runs:  # the last one wins, so `make table TABLE_ARGS='--runs DIR'` can move them
                 base["runs"] = str(runs[-1])
             chosen = presets.resolve_presets(methods or presets.DEFAULT_METHODS)
+            train_fn = functools.partial(train, tracker=TrainTracking(reporters)) if reporters else train
             result = tbl.run_table(order or TrainConfig.order, chosen, base,
                                    progress=_Progress(), device=torch.device(device) if device else None,
-                                   out_dir=out_dir)
+                                   out_dir=out_dir, train_fn=train_fn)
             result_table, files = result.table, result.files
             if result.reused:
                 out.print(f"reused finished runs: {', '.join(result.reused)}")

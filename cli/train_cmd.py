@@ -51,6 +51,7 @@ def train(
     ewc_samples: int = typer.Option(256, help="ewc: synthetic samples for the static Fisher before each task."),
     device: str = typer.Option(None, help="cuda | cpu (default: cuda when present)."),
     gpus: int = typer.Option(1, help="Processes to launch with torchrun (one per GPU; DistributedDataParallel)."),
+    report_to: str = typer.Option("", "--report-to", help="Experiment trackers, comma-separated: tensorboard, wandb (off by default; pip install -e '.[tracking]'). Rank 0 logs losses, lr, steps/s, accuracy rows, the summary and the figures under the run directory; a resumed run continues the same log / W&B run."),
 ) -> None:
     """Continual fine-tuning over an order, evaluating every dataset after each task; resumable."""
     if gpus > 1 and "RANK" not in os.environ:
@@ -60,8 +61,10 @@ def train(
 
     from pipeline.datasets.mtil import DatasetMissingError
     from pipeline.models import ClipNotFoundError
+    from pipeline.tracking import parse_report_to
     from pipeline.training.config import TrainConfig
     from pipeline.training.step import NonFiniteLossError
+    from pipeline.training.tracking import TrainTracking
     from pipeline.training.train import train as run_train
 
     config = TrainConfig(
@@ -76,8 +79,10 @@ def train(
         memory_size=memory_size, ewc_samples=ewc_samples,
     )
     with clean_errors():
+        reporters = parse_report_to(report_to)  # an unknown or missing tracker fails before anything runs
         try:
-            run_dir = run_train(config, TrainProgress(), torch.device(device) if device else None)
+            run_dir = run_train(config, TrainProgress(), torch.device(device) if device else None,
+                                tracker=TrainTracking(reporters) if reporters else None)
         except (ClipNotFoundError, DatasetMissingError, NonFiniteLossError) as e:
             raise ValueError(str(e)) from e
     if os.environ.get("RANK", "0") == "0":

@@ -1,16 +1,40 @@
-"""Process-group plumbing shared by both stages: one process per GPU under ``torchrun`` (gloo on CPU).
+"""Process-group plumbing shared by both stages: one process per GPU under ``torchrun`` (gloo on CPU), on one
+node or several (``torchrun --nnodes N --rdzv_backend c10d``: RANK is global, LOCAL_RANK picks the GPU).
 
 Nothing here is needed by a single process: every helper is the identity when ``world == 1``.
+
+Ranks stop together. A rank that raised alone would leave the others in their next collective until gloo reports
+a closed connection deep inside a traceback; :meth:`Dist.agree` gathers every rank's verdict first, so all of them
+stop with one line naming the ranks at fault, and :meth:`Dist.check_shared` uses it to refuse, before any work, a
+directory that not every node sees (an OUT or --runs that is not on a shared filesystem).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import socket
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as td
+
+# The marker rank 0 writes into a directory every rank must see; named like the `.*.tmp-*` temporaries that
+# shard sets clean up when they are reopened, so one left by a killed run is removed there.
+SHARED_MARK = ".shared-check.tmp-"
+SEE_TRIES, SEE_WAIT_S = 10, 0.2  # a few seconds for a network filesystem to show a file another node just wrote
+
+
+class RankStoppedError(ValueError):
+    """Some ranks cannot go on; every rank raises it together, with one message naming those ranks."""
+
+
+class PeerLostError(RuntimeError):
+    """A collective failed because another process of the run stopped (its own error is in its output)."""
 
 
 @dataclass(frozen=True)
@@ -36,9 +60,72 @@ class Dist:
         td.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
         return True
 
+    @contextmanager
+    def _peers(self, what: str):
+        """A collective whose failure means another process stopped: say so in one line, not gloo's traceback."""
+        try:
+            yield
+        except RuntimeError as e:  # gloo: "Connection closed by peer"; NCCL: a timeout
+            raise PeerLostError(
+                f"rank {self.rank}: another process of this run stopped or stalled ({type(e).__name__} in {what}); "
+                "its own error is in its output (on its node); re-run the same command on every node to resume"
+            ) from e
+
     def barrier(self) -> None:
         if self.world > 1:
-            td.barrier()
+            with self._peers("a barrier"):
+                td.barrier()
+
+    def agree(self, error: str | None, advice: str = "") -> None:
+        """Stop every rank together when any rank has an ``error`` (``None``: this rank can go on).
+
+        Every rank must call it at the same point (it is also a barrier). Raises :class:`RankStoppedError` on every
+        rank, with the same message: each failed rank, its host and its error, then ``advice`` (what to change).
+        """
+        if self.world == 1:
+            verdicts = [(error, socket.gethostname())]
+        else:
+            verdicts = [None] * self.world
+            with self._peers("a check all ranks make"):
+                td.all_gather_object(verdicts, (error, socket.gethostname()))
+        failed = [f"rank {r} (on {host}) stopped: {e.rstrip('.')}" for r, (e, host) in enumerate(verdicts) if e]
+        if failed:
+            raise RankStoppedError("; ".join(failed) + (f". {advice}" if advice else ""))
+
+    def check_shared(self, directory: Path, option: str, consequence: str = "") -> None:
+        """Refuse a ``directory`` that some rank does not see as rank 0 made it, before any work is done.
+
+        Rank 0 creates ``directory`` and writes a marker with a fresh nonce into it; every rank then reads the
+        marker back through its own path. A node whose ``option`` (e.g. ``OUT``) is a local directory sees no
+        marker (or a stale copy without this nonce), and every rank stops with one line saying that ``option``
+        must be on a filesystem all nodes share. The marker is removed afterwards.
+        """
+        if self.world == 1:
+            return
+        directory = Path(directory)
+        token = [secrets.token_hex(8), socket.gethostname(), None] if self.main else [None, None, None]
+        mark = None
+        if self.main:
+            mark = directory / f"{SHARED_MARK}{token[0]}"
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                mark.write_text(token[0])
+            except OSError as e:  # told to every rank, so none waits for a marker that never comes
+                token[2] = f"it cannot write into {directory}: {e}"
+        with self._peers("a check all ranks make"):
+            td.broadcast_object_list(token, src=0)
+        nonce, host0, failed0 = token
+        if self.main:
+            error = failed0
+        else:
+            error = None if failed0 or _sees(directory / f"{SHARED_MARK}{nonce}", nonce) else (
+                f"it does not see {directory}, which rank 0 created on {host0}")
+        try:
+            self.agree(error, f"{option} must be on a filesystem all nodes share (the same path on every node)"
+                       + (f"; {consequence}" if consequence else ""))
+        finally:
+            if mark is not None:
+                mark.unlink(missing_ok=True)
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """In place, and returned: the sum (or mean) of ``tensor`` over ranks."""
@@ -64,3 +151,16 @@ class Dist:
     def shard(self, n: int) -> slice:
         """This rank's contiguous share of ``n`` items (sizes differ by at most one)."""
         return slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+
+
+def _sees(mark: Path, nonce: str) -> bool:
+    """True when ``mark`` holds ``nonce``; retried briefly, as a network filesystem may show it late."""
+    for attempt in range(SEE_TRIES):
+        try:
+            if mark.read_text() == nonce:
+                return True
+        except OSError:
+            pass
+        if attempt + 1 < SEE_TRIES:
+            time.sleep(SEE_WAIT_S)
+    return False

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from pipeline.datasets import catalog
-from pipeline.dist import Dist
+from pipeline.dist import Dist, RankStoppedError
 from shards.errors import SpecMismatchError
 from shards.layout import parquet_path, set_dir, spec_hash, tar_path
 from shards.manifest import (
@@ -270,7 +270,12 @@ def generate(
     versions = library_versions()
     if dist.rank == 0:
         _open_set(set_path, spec, len(shards), len(rows), versions)
-    dist.barrier()
+    try:  # every node must write into this very directory: refused here, before anything is rendered
+        dist.check_shared(set_path, "OUT", "nothing was rendered")
+    except RankStoppedError:
+        if dist.rank == 0:
+            _remove_if_empty(set_path)
+        raise
 
     result = GenerateResult(set_path, None)
     todo = []

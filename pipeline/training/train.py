@@ -13,6 +13,9 @@ Several GPUs: ``torchrun --nproc_per_node N`` (or ``gift train --gpus N``). Ever
 batches and takes its contiguous share; the model is wrapped in DistributedDataParallel; contrastive terms
 gather the features of the whole batch first, so N processes compute the step of one process (up to
 floating-point summation order). Evaluation splits every test set across ranks; rank 0 writes the run dir.
+Several nodes (``torchrun --nnodes N``) work the same way, with --runs (and a local --shards) on a filesystem
+every node shares: every rank reads the checkpoint on resume, the test-set cache and the pool sets, and a rank
+that does not see them stops every rank before training (``Dist.check_shared`` / ``Dist.agree``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pipeline.methods import TaskContext, get_method
 from pipeline.methods.base import student_features
 from pipeline.models import ClipSpec, eval_resize, image_size, load_clip, train_transform
 from pipeline.models import tokenizer as clip_tokenizer
+from shards.errors import ShardSetError
 from shards.layout import spec_hash
 
 from .config import TrainConfig, loader_workers, lr_at
@@ -51,6 +55,16 @@ class Progress:
     def step(self, losses: dict[str, float]) -> None: ...
     def end_task(self) -> None: ...
     def evaluated(self, index: int, task: str, row: list[float]) -> None: ...
+
+
+class Tracker:
+    """Hooks for experiment trackers (``--report-to``, pipeline/training/tracking.py), called on rank 0 only; the
+    default does nothing. ``step`` is the run's global step: task index · iterations + step in the task."""
+
+    def open(self, run_dir: Path, config: TrainConfig, names: list[str], acc: list[list[float]]) -> None: ...
+    def metrics(self, record: dict, step: int) -> None: ...  # a row of metrics.jsonl, when it is written
+    def evaluated(self, index: int, names: list[str], acc: list[list[float]]) -> None: ...  # rows 0..index
+    def close(self) -> None: ...
 
 
 def _seed(config: TrainConfig, index: int) -> torch.Generator:
@@ -80,10 +94,12 @@ def _shards_root(config: TrainConfig, pool: list[str]) -> Path:
     return pool_from_store(config.shards, pool, cache, keep=spec_filter(config.shard_family, config.replay_generator))
 
 
-def train(config: TrainConfig, progress: Progress | None = None, device: torch.device | None = None) -> Path:
+def train(config: TrainConfig, progress: Progress | None = None, device: torch.device | None = None,
+          tracker: Tracker | None = None) -> Path:
     """Run (or resume) the whole order; returns the run directory. Under torchrun, every rank calls this."""
     dist = Dist.from_env()
     progress = progress if progress is not None and dist.main else Progress()
+    tracker = tracker if tracker is not None and dist.main else Tracker()
     if device is None:
         device = torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
@@ -110,27 +126,40 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
     schedule = sets = None
     own_group = dist.init(device)
     try:
+        dist.check_shared(Path(config.runs), "--runs", "rank 0 writes the run directory, every rank reads it")
         if method_cls.uses_synthetic:
             from .synthetic import class_images, draw_schedule, find_pool_sets, verify_pool
 
             base = catalog.BASE_POOL[config.order]
             pool = [base, *order[:-1]]
-            if dist.main:  # rank 0 fetches (from a store) and verifies once; the others then read the same sets
-                sets = find_pool_sets(_shards_root(config, pool), pool, config.shard_family, config.replay_generator)
-                verify_pool(sets)
-            dist.barrier()
+            # Rank 0 fetches (from a store) and verifies once; the others then read the same sets. A rank that
+            # cannot (a missing or broken set; a node without the shared --shards) stops every rank with its reason.
+            failure = None
+            if dist.main:
+                try:
+                    sets = find_pool_sets(_shards_root(config, pool), pool, config.shard_family, config.replay_generator)
+                    verify_pool(sets)
+                except ShardSetError as e:
+                    if dist.world == 1:
+                        raise
+                    failure = str(e)
+            dist.agree(failure)
             if not dist.main:
-                sets = find_pool_sets(_shards_root(config, pool), pool, config.shard_family, config.replay_generator)
+                try:
+                    sets = find_pool_sets(_shards_root(config, pool), pool, config.shard_family, config.replay_generator)
+                except ShardSetError as e:
+                    failure = str(e)
+            dist.agree(failure, "--shards must be on a filesystem all nodes share, or a store URL")
             schedule = draw_schedule(order, base, class_images(sets), config.synthetic_budget, config.seed)
         return _run(config, dist, progress, device, method_cls, order, tasks, datasets, tests_data, model, size,
-                    tokenize, sets, schedule, amp)
+                    tokenize, sets, schedule, amp, tracker)
     finally:
         if own_group:
             torch.distributed.destroy_process_group()
 
 
 def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tests_data, model, size, tokenize,
-         sets, schedule, amp) -> Path:
+         sets, schedule, amp, tracker) -> Path:
     if dist.main:
         run_dir, state = prepare_run_dir(config)
     dist.barrier()
@@ -142,6 +171,7 @@ def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tes
         file_log.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         logging.getLogger("gift").addHandler(file_log)
     try:
+        tracker.open(run_dir, config, order, state["acc"])
         initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if state["checkpoint"]:
             from safetensors.torch import load_file
@@ -176,16 +206,18 @@ def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tes
 
                     synth = load_draw(sets, schedule[index], eval_resize(size), tokenize)
                 _train_task(config, index, task, model, student, dist, initial_state, method, datasets, synth,
-                            size, tokenize, generator, device, amp, run_dir, progress)
+                            size, tokenize, generator, device, amp, run_dir, progress, tracker)
             row = evaluate_order(model, tasks, tests, tokenize, device, amp, dist)
             progress.evaluated(index, task, row)
             log.info("after %s: %s", task, "  ".join(f"{t} {a:.1f}" for t, a in zip(order, row, strict=True)))
             if dist.main:
                 finish_task(run_dir, state, model, index, row, config, order)
+                tracker.evaluated(index, order, state["acc"])
             else:
                 state.update(finished=index + 1)
             dist.barrier()
     finally:
+        tracker.close()
         if file_log is not None:
             logging.getLogger("gift").removeHandler(file_log)
             file_log.close()
@@ -193,7 +225,7 @@ def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tes
 
 
 def _train_task(config, index, task, model, student, dist, initial_state, method, datasets, synth, size, tokenize,
-                generator, device, amp, run_dir, progress) -> None:
+                generator, device, amp, run_dir, progress, tracker) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     forward = functools.partial(student_features, student)
     workers = loader_workers(config) if task not in catalog.MINI_TASKS else 0  # mini: a few hundred images
@@ -224,8 +256,9 @@ def _train_task(config, index, task, model, student, dist, initial_state, method
             method.after_step(ctx, step)
             progress.step(losses)
             if metrics and (step % 10 == 0 or step == config.iterations - 1):
-                metrics.write(json.dumps({"task": task, "index": index, "step": step,
-                                          "lr": optimizer.param_groups[0]["lr"], **losses}) + "\n")
+                record = {"task": task, "index": index, "step": step, "lr": optimizer.param_groups[0]["lr"], **losses}
+                metrics.write(json.dumps(record) + "\n")
+                tracker.metrics(record, index * config.iterations + step)
     finally:
         if metrics:
             metrics.close()
