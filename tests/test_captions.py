@@ -20,8 +20,9 @@ from pipeline.captioning.blip import Captioner, CaptionerNotFoundError, Decoding
 from pipeline.captioning.select import clip_features, fingerprint, kmeans_medoids, random_pick, select_sources
 from pipeline.captioning.tiny_blip import SPECIALS, build_tiny_blip, build_tiny_tokenizer, tiny_vocab
 from pipeline.datasets import mini
+from pipeline.generation.generate import generate, resolve_spec
 from pipeline.models import ClipSpec, load_clip
-from pipeline.training.synthetic import spec_filter
+from pipeline.training.synthetic import find_pool_sets, spec_filter
 from shards.captions import load_caption_set
 from shards.errors import CorruptShardError, ShardSetError
 from shards.layout import parquet_path, tar_path
@@ -194,7 +195,16 @@ def test_caption_set_layout_records_and_bytes(caption_set):
         meta = json.loads(tar.extractfile("mini-c-0000-0001.json").read())
     assert text == captions.records[1].caption == meta["caption"] and meta["source_index"] == chosen[1]
     assert verify_set(caption_set).ok and not list(caption_set.glob(".*"))
-    assert not spec_filter()(m)  # never mistaken for a replay pool set
+
+
+def test_a_caption_set_beside_image_sets_is_never_a_replay_pool_set(caption_set, tmp_path):
+    root = tmp_path / "shards"
+    shutil.copytree(caption_set, root / "mini-c" / caption_set.name)
+    reference = mini.export_reference(tmp_path / "reference")
+    spec = resolve_spec("mini-c", model=f"reference:{reference}", per_class=2, size=32, device=CPU)
+    images = generate(spec, root, device=CPU).set_path
+    assert find_pool_sets(root, ["mini-c"]) == {"mini-c": images}
+    assert not spec_filter()(load_manifest(caption_set))
 
 
 def test_rerun_keeps_the_set_and_a_damaged_one_is_redone_to_the_same_bytes(caption_set, tmp_path):
