@@ -38,6 +38,9 @@ def caption(
     """Caption per-class chosen training images of TASK with BLIP into a resumable, verifiable caption set."""
     setup_logging()
     import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # its weight-loading bar; ours show the work
 
     from pipeline.captioning.blip import Decoding
     from pipeline.captioning.caption import caption_task

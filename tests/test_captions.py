@@ -207,9 +207,7 @@ def test_a_caption_set_beside_image_sets_is_never_a_replay_pool_set(caption_set,
     assert not spec_filter()(load_manifest(caption_set))
 
 
-def test_rerun_keeps_the_set_and_a_damaged_one_is_redone_to_the_same_bytes(caption_set, tmp_path):
-    r = run_gift(*ARGS, "--out", caption_set.parents[1])
-    assert r.returncode == 0 and "captioned 0, kept 3" in one_line(r.stdout), r.stdout + r.stderr
+def test_rerun_keeps_sound_shards_and_redoes_damaged_ones_to_the_same_bytes(caption_set, tmp_path):
     copy = tmp_path / "mini-c" / caption_set.name
     shutil.copytree(caption_set, copy)
     parquet_path(copy, 1).unlink()  # a run killed before shard 1's record

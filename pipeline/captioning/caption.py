@@ -180,6 +180,8 @@ def caption_task(
         finally:
             progress.finish()
         del model
+    elif hasattr(dataset, "labels"):  # random choice needs only the labels: don't decode every image for them
+        labels = [int(label) for label in dataset.labels]
     else:
         for _ in images():
             pass
@@ -271,7 +273,7 @@ def _finished(set_path: Path, index: int) -> bool:
     if not record_file.exists():
         return False
     try:
-        problems = check_shard(set_path, index, read_record(record_file), deep=False)
+        problems = check_shard(set_path, index, read_record(record_file), deep=False, spec={"kind": CAPTIONS})
     except Exception as e:  # an unreadable record is a broken shard like any other
         problems = [str(e)]
     if not problems:
