@@ -16,6 +16,10 @@ GUIDANCE ?= 7.5
 BATCH ?= 16
 GPUS ?= 1
 GENERATE_ARGS ?=
+# caption (CLTS stage 1a); CAPTIONS=<caption set dir> makes `make generate` render its captions
+CAPTIONS_OUT ?= captions-out
+CAPTION_ARGS ?=
+CAPTIONS ?=
 # train
 ORDER ?= II
 METHOD ?= gift
@@ -31,13 +35,14 @@ MINI_ARGS = --runs demo-out/runs --shards demo-out/shards --clip tiny --clip-wei
 STORE ?=
 SET ?=
 GEN_ARGS = --model $(MODEL) --out $(OUT) --steps $(STEPS) --guidance $(GUIDANCE) --batch-size $(BATCH) --gpus $(GPUS) \
-           $(if $(PER_CLASS),--per-class $(PER_CLASS)) $(GENERATE_ARGS)
+           $(if $(PER_CLASS),--per-class $(PER_CLASS)) $(if $(CAPTIONS),--captions $(CAPTIONS)) $(GENERATE_ARGS)
 
-.PHONY: help install test lint demo generate tasks shards-ls verify push pull store-ls train table data-check bench bench-generate clean-demo
+.PHONY: help install test lint demo generate caption tasks shards-ls verify push pull store-ls train table data-check bench bench-generate clean-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "  generate: TASK=$(TASK) MODEL=$(MODEL) OUT=$(OUT) PER_CLASS=<per task> STEPS=$(STEPS) GUIDANCE=$(GUIDANCE) BATCH=$(BATCH) GPUS=$(GPUS) GENERATE_ARGS='$(GENERATE_ARGS)'"
+	@echo "  generate: TASK=$(TASK) MODEL=$(MODEL) OUT=$(OUT) PER_CLASS=<per task> STEPS=$(STEPS) GUIDANCE=$(GUIDANCE) BATCH=$(BATCH) GPUS=$(GPUS) CAPTIONS=<caption set> GENERATE_ARGS='$(GENERATE_ARGS)'"
+	@echo "  caption:  TASK=$(TASK) DATA=$(DATA) CAPTIONS_OUT=$(CAPTIONS_OUT) CAPTION_ARGS='$(CAPTION_ARGS)'"
 	@echo "  train:    ORDER=$(ORDER) METHOD=$(METHOD) DATA=$(DATA) OUT=$(OUT) TRAIN_ARGS='$(TRAIN_ARGS)'"
 	@echo "  sharing:  STORE=<dir | ssh://host/path | https://...> SET=<OUT or OUT/<task>/<hash> (push), STORE/<task>/<hash> (pull)>"
 	@echo "  table:    ORDER=$(ORDER) METHODS=$(METHODS) (presets/groups: gift table --list) DATA=$(DATA) OUT=$(OUT) TABLE_ARGS='$(TABLE_ARGS)'"
@@ -63,8 +68,11 @@ demo: $(BIN)/gift ## The pipeline end to end on tiny built-in models, on CPU
 tasks: $(BIN)/gift ## List tasks, class counts, default images per class and prompt templates
 	$(GIFT) tasks
 
-generate: $(BIN)/gift ## Render TASK into OUT/<task>/<spec-hash>/ (MODEL=sd15|tiny|reference:DIR|PATH)
+generate: $(BIN)/gift ## Render TASK (or the captions of CAPTIONS=<set>) into OUT/<task>/<spec-hash>/ (MODEL=sd15|tiny|reference:DIR|PATH)
 	$(GIFT) generate $(TASK) $(GEN_ARGS)
+
+caption: $(BIN)/gift ## Caption TASK's chosen training images with BLIP into CAPTIONS_OUT/<task>/<spec-hash>/ (CLTS)
+	$(GIFT) caption $(TASK) --out $(CAPTIONS_OUT) --data-root $(DATA) $(CAPTION_ARGS)
 
 shards-ls: $(BIN)/gift ## List the shard sets under OUT
 	$(GIFT) shards ls $(OUT)

@@ -1,7 +1,8 @@
 """The ``gift`` command: a thin typer layer that parses, calls a typed function, and prints with rich.
 
-One module per command group: ``generate_cmd`` (stage 1), ``shards_cmd`` (inspect and share sets), ``train_cmd``
-(stage 2), ``table_cmd``, ``data_cmd``, ``demo_cmd``; ``common`` and ``progress`` hold what they share.
+One module per command group: ``generate_cmd`` (stage 1), ``caption_cmd`` (caption sets), ``shards_cmd`` (inspect
+and share sets), ``train_cmd`` (stage 2), ``table_cmd``, ``data_cmd``, ``demo_cmd``; ``common`` and ``progress`` hold
+what they share.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from cli.caption_cmd import caption
 from cli.common import out
 from cli.data_cmd import data_app
 from cli.demo_cmd import demo
@@ -35,6 +37,7 @@ def tasks() -> None:
 
 
 app.command()(generate)
+app.command()(caption)
 app.command()(train)
 # `gift table` (cli/table_cmd.py): the options it does not declare are `gift train`'s, parsed by that command.
 app.command(help=TABLE_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(table)

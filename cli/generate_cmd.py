@@ -1,4 +1,4 @@
-"""`gift generate TASK`: render a task's prompts into a shard set (stage 1)."""
+"""`gift generate TASK`: render a task's prompts, or a caption set's captions, into a shard set (stage 1)."""
 
 from __future__ import annotations
 
@@ -49,8 +49,11 @@ def generate(
     channels_last: bool = typer.Option(False, "--channels-last", help="Speed-up: NHWC layout for UNet and VAE (numerics only: recorded per shard)."),
     compile_unet: bool = typer.Option(False, "--compile", help="Speed-up: torch.compile the UNet; minutes of compilation first (numerics only: recorded per shard)."),
     report_to: str = typer.Option("", "--report-to", help="Experiment trackers, comma-separated: tensorboard, wandb (off by default; pip install -e '.[tracking]'). Rank 0 logs images/s per shard, then the set's contact sheet, under OUT/.tracking/<task>/<hash>/."),
+    captions: Path = typer.Option(None, "--captions", help="Render a caption set (`gift caption TASK`'s OUT/<task>/<hash>) instead of the class prompts; its hash goes into the spec."),
+    per_caption: int = typer.Option(None, help="With --captions: images per caption, each with its own seed (default 10)."),
+    prompt_template: str = typer.Option(None, help="With --captions: the prompt, from {caption} and {class} (default '{caption}'; e.g. '{caption}, a photo of a {class}')."),
 ) -> None:
-    """Render TASK's class prompts into a resumable, verifiable shard set."""
+    """Render TASK's class prompts (or a caption set's captions) into a resumable, verifiable shard set."""
     if gpus > 1 and "RANK" not in os.environ:
         relaunch_with_torchrun(gpus)
     setup_logging()
@@ -59,9 +62,16 @@ def generate(
     from pipeline.generation.generate import default_device, generate, resolve_spec
     from pipeline.generation.generators import Speedups
     from pipeline.tracking import parse_report_to
+    from shards.captions import load_caption_set
 
     with clean_errors():
         reporters = parse_report_to(report_to)  # an unknown or missing tracker fails before anything runs
+        if captions is None and (per_caption is not None or prompt_template is not None):
+            raise ValueError("--per-caption and --prompt-template apply only with --captions SET")
+        caption_set = load_caption_set(captions) if captions is not None else None
+        caption_args = {} if caption_set is None else dict(
+            captions=caption_set, per_caption=10 if per_caption is None else per_caption,
+            prompt_template=prompt_template or "{caption}")
         dev = torch.device(device) if device else default_device()
         if dev.type == "cuda" and dev.index is None:
             dev = default_device()
@@ -70,7 +80,7 @@ def generate(
             size=size, negative_prompt=negative_prompt,
             safety_checker=None if safety_checker is OnOff.auto else safety_checker is OnOff.on,
             dtype=dtype, seed=seed, image_format=image_format, jpeg_quality=jpeg_quality, shard_size=shard_size,
-            revision=revision, device=dev,
+            revision=revision, device=dev, **caption_args,
         )
         main = os.environ.get("RANK", "0") == "0"
         progress = RichProgress(f"{task} ({spec.generator})", enabled=main)
@@ -80,7 +90,7 @@ def generate(
             progress = GenerateTracking(progress, reporters, out_dir, spec)
         try:
             result = generate(spec, out_dir, batch_size=batch_size, device=dev, progress=progress, allow_download=download,
-                              speedups=Speedups(fuse_qkv, channels_last, compile_unet))
+                              speedups=Speedups(fuse_qkv, channels_last, compile_unet), captions=caption_set)
             if reporters and main:
                 progress.finished(result)
         finally:

@@ -1,4 +1,4 @@
-"""The pipeline's progress hooks shown as rich bars: rendering, transfers, training."""
+"""The pipeline's progress hooks shown as rich bars: rendering, captioning, transfers, training."""
 
 from __future__ import annotations
 
@@ -43,6 +43,28 @@ class RichProgress:
 
     def stop(self) -> None:
         self.bar.stop()
+
+
+class PhaseBar:
+    """pipeline.captioning.caption.Progress: one rich bar per phase (CLIP features, then captions)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def start(self, label: str, total: int, already_done: int = 0) -> None:
+        self.finish()
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+        self.bar.start()
+        self.task = self.bar.add_task(label, total=total, completed=already_done)
+
+    def advance(self, n: int) -> None:
+        self.bar.advance(self.task, n)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 class TransferBar:

@@ -1,4 +1,5 @@
-"""`gift shards ls | push | pull | info | verify | preview`: inspect, verify and share shard sets."""
+"""`gift shards ls | push | pull | info | verify | preview`: inspect, verify and share shard sets (image sets and
+caption sets alike)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,20 @@ from rich.table import Table
 from cli.common import clean_errors, console, out
 from cli.progress import TransferBar
 
-shards_app = typer.Typer(no_args_is_help=True, help="Inspect, verify, preview and share shard sets.")
+shards_app = typer.Typer(no_args_is_help=True, help="Inspect, verify, preview and share shard sets and caption sets.")
 
 
 def _summary(spec: dict) -> str:
+    if spec.get("kind") == "captions":
+        return (f"captions {spec['captioner']} · {spec['selection']} {spec['per_class']}/class · "
+                f"beam {spec['num_beams']} ≤{spec['max_new_tokens']} tokens")
     if spec["generator"] == "reference":
-        return f"reference {spec['model']}"
-    return f"{spec['generator']} {spec['model']} · {spec['scheduler']} {spec['steps']} steps · cfg {spec['guidance']} · {spec['size']}px · {spec['dtype']}"
+        what = f"reference {spec['model']}"
+    else:
+        what = f"{spec['generator']} {spec['model']} · {spec['scheduler']} {spec['steps']} steps · cfg {spec['guidance']} · {spec['size']}px · {spec['dtype']}"
+    if spec.get("captions"):
+        what += f" · {spec['per_caption']} per caption of {spec['captions'][:16]}"
+    return what
 
 
 @shards_app.command("ls")
@@ -106,14 +114,24 @@ def shards_pull(
 
 @shards_app.command("info")
 def shards_info(set_path: Path = typer.Argument(..., help="A set directory (ROOT/<task>/<hash>).")) -> None:
-    """Show a set's spec, versions and per-shard records."""
-    from shards.manifest import load_manifest
+    """Show a set's spec, versions and per-shard records (a caption set: also its caption bytes and first captions)."""
+    from shards.captions import caption_bytes, read_caption_rows
+    from shards.manifest import CAPTIONS, load_manifest, set_kind
 
     with clean_errors():
         m = load_manifest(set_path)
         out.print(f"[bold]{m['task']}[/] {m['spec_hash']}  ({'complete' if m['complete'] else 'incomplete'})")
-        out.print(f"{m['samples']} images ({m['flagged']} flagged), {m['bytes'] / 1e6:.1f} MB, "
-                  f"{len(m['shards'])}/{m['num_shards']} shards")
+        if set_kind(m["spec"]) == CAPTIONS:
+            rows = read_caption_rows(set_path, m)
+            out.print(f"caption set: {m['samples']} captions, {caption_bytes(r['caption'] for r in rows)} caption bytes "
+                      f"(UTF-8), {m['bytes'] / 1e6:.3f} MB of shards, {len(m['shards'])}/{m['num_shards']} shards")
+            captions = Table("key", "class", "source", "caption")
+            for r in rows[:8]:
+                captions.add_row(r["key"], r["class_name"], str(r["source_index"]), r["caption"])
+            out.print(captions)
+        else:
+            out.print(f"{m['samples']} images ({m['flagged']} flagged), {m['bytes'] / 1e6:.1f} MB, "
+                      f"{len(m['shards'])}/{m['num_shards']} shards")
         out.print_json(data={"spec": m["spec"], "versions": m["versions"]})
         table = Table("shard", "samples", "flagged", "MB", "sha256", "device", "dtype", "batch", "speed-ups")
         for s in m["shards"]:

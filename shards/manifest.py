@@ -3,6 +3,13 @@
 The parquet file of a shard is its source of truth: one row per planned sample and, in the schema
 metadata, the tar's byte count and sha256. The manifest is a summary rebuilt from those records by a
 single writer (rank 0), so ranks never write the same file.
+
+Two kinds of set share this format, told apart by ``spec["kind"]`` (absent: images, as every set made before
+caption sets existed) and mirrored as the manifest's ``kind``:
+
+- ``images``: KEY.jpg|png + KEY.json per sample; rows :data:`ROW_SCHEMA`, plus ``caption`` and ``caption_index``
+  when the images were rendered from a caption set (``spec["captions"]``);
+- ``captions``: KEY.txt (the UTF-8 caption) + KEY.json per record; rows :data:`CAPTION_ROW_SCHEMA`.
 """
 
 from __future__ import annotations
@@ -30,6 +37,34 @@ ROW_SCHEMA = pa.schema(
         ("status", pa.string()),  # "ok" (in the tar) or "flagged" (refused by the safety checker)
     ]
 )
+# Images rendered from a caption set: which caption each image was rendered from (its position in that set).
+CAPTIONED_ROW_SCHEMA = pa.schema([*ROW_SCHEMA, ("caption", pa.string()), ("caption_index", pa.int32())])
+# A caption set: one row per kept caption; ``source_index`` is the captioned image's index in the task's split.
+CAPTION_ROW_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("task", pa.string()),
+        ("class_index", pa.int32()),
+        ("class_name", pa.string()),
+        ("caption", pa.string()),
+        ("source_index", pa.int64()),
+        ("status", pa.string()),  # always "ok": a caption is never refused
+    ]
+)
+IMAGES, CAPTIONS = "images", "captions"
+KINDS = (IMAGES, CAPTIONS)
+
+
+def set_kind(spec: Mapping) -> str:
+    """``images`` or ``captions``: what a set of this spec holds."""
+    return spec.get("kind", IMAGES)
+
+
+def row_schema(spec: Mapping) -> pa.Schema:
+    """The columns of every parquet record of a set of this spec."""
+    if set_kind(spec) == CAPTIONS:
+        return CAPTION_ROW_SCHEMA
+    return CAPTIONED_ROW_SCHEMA if spec.get("captions") else ROW_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -83,6 +118,7 @@ def make_manifest(
     shards = [records[i].to_dict() for i in sorted(records)]
     return {
         "format": FORMAT,
+        "kind": set_kind(spec),
         "task": task,
         "spec_hash": spec_hash(spec),
         "spec": dict(spec),
@@ -120,6 +156,11 @@ def load_manifest(set_path: Path) -> dict:
         raise ShardSetError(f"{path}: unknown format {manifest.get('format')!r} (expected {FORMAT})")
     if spec_hash(manifest["spec"]) != manifest["spec_hash"]:
         raise SpecMismatchError(f"{path}: the recorded spec_hash is not the hash of the recorded spec (edited?)")
+    if set_kind(manifest["spec"]) not in KINDS:
+        raise ShardSetError(f"{path}: unknown kind of set {set_kind(manifest['spec'])!r} (expected one of "
+                            f"{', '.join(KINDS)}); made by a newer version of this tool?")
+    if manifest.get("kind", IMAGES) != set_kind(manifest["spec"]):
+        raise ShardSetError(f"{path}: kind {manifest.get('kind')!r} disagrees with its spec's (edited?)")
     return manifest
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from .layout import parquet_path
-from .manifest import load_manifest, read_rows
+from .manifest import CAPTIONS, load_manifest, read_rows, set_kind
 from .reader import iter_samples
 
 CAPTION_LINES = 3
@@ -20,6 +20,9 @@ def contact_sheet(set_path: Path, out: Path, *, n: int = 16, columns: int = 4, c
     Plans are class-major, so even spacing shows many classes rather than the first one's images.
     """
     manifest = load_manifest(set_path)
+    if set_kind(manifest["spec"]) == CAPTIONS:
+        raise ValueError(f"{set_path} is a caption set: it holds no images (`gift shards info` lists its captions; "
+                         "`gift generate TASK --captions SET` renders them)")
     stored = [(s["index"], r["key"]) for s in manifest["shards"]
               for r in read_rows(parquet_path(set_path, s["index"])) if r["status"] == "ok"]
     if not stored:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from .errors import CorruptShardError, ShardSetError, SpecMismatchError, StoreError
 from .layout import HASH_DIR_LEN, MANIFEST, fsync_dir, parquet_path, set_dir, tar_path, tmp_path
-from .manifest import ROW_SCHEMA, ShardRecord, find_sets, load_manifest, read_record, write_manifest
+from .manifest import ShardRecord, find_sets, load_manifest, read_record, row_schema, write_manifest
 from .store import (
     CHUNK,
     Progress,
@@ -77,7 +77,7 @@ def pull_set(store: Store, task: str, hash16: str, dest_root: Path, progress: Pr
     if not manifest["complete"]:
         raise ShardSetError(f"{store.address(rel)} is incomplete on the store ({len(manifest['shards'])}/"
                             f"{manifest['num_shards']} shards); finish and push it again from the machine that renders it")
-    records, sums = shard_records(manifest), parquet_sums(manifest)
+    records, sums, schema = shard_records(manifest), parquet_sums(manifest), row_schema(manifest["spec"])
     set_path = set_dir(dest_root, task, manifest["spec_hash"])
     _check_destination(set_path, manifest)
     set_path.mkdir(parents=True, exist_ok=True)
@@ -86,13 +86,13 @@ def pull_set(store: Store, task: str, hash16: str, dest_root: Path, progress: Pr
     result = PullResult(set_path)
     todo = []
     for i, record in sorted(records.items()):
-        (result.kept if _local_ok(set_path, record, sums.get(i)) else todo).append(i)
+        (result.kept if _local_ok(set_path, record, sums.get(i), schema) else todo).append(i)
     if todo:
         total = sum(records[i].bytes + sums.get(i, {}).get("bytes", 0) for i in todo)
         progress.start(f"pull {rel}", total)
         try:
             for i in todo:
-                result.bytes_received += _fetch_shard(store, rel, set_path, records[i], sums.get(i), progress)
+                result.bytes_received += _fetch_shard(store, rel, set_path, records[i], sums.get(i), schema, progress)
                 result.downloaded.append(i)
         finally:
             progress.finish()
@@ -132,7 +132,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _local_ok(set_path: Path, record: ShardRecord, parquet_sum: dict | None) -> bool:
+def _local_ok(set_path: Path, record: ShardRecord, parquet_sum: dict | None, schema: pa.Schema) -> bool:
     """True when shard ``record.index`` is already here, whole and matching the store's records."""
     tar, record_file = tar_path(set_path, record.index), parquet_path(set_path, record.index)
     if not (tar.exists() and record_file.exists()):
@@ -142,14 +142,14 @@ def _local_ok(set_path: Path, record: ShardRecord, parquet_sum: dict | None) -> 
     if parquet_sum is not None and file_sha256(record_file) != (parquet_sum["sha256"], parquet_sum["bytes"]):
         return False
     try:
-        _check_record_file(record_file, record, str(record_file))
+        _check_record_file(record_file, record, str(record_file), schema)
     except ShardSetError:
         return False
     return True
 
 
 def _fetch_shard(store: Store, rel: str, set_path: Path, record: ShardRecord, parquet_sum: dict | None,
-                 progress: Progress) -> int:
+                 schema: pa.Schema, progress: Progress) -> int:
     """Download one shard's tar and parquet, check both, then rename both into place (tar first: the parquet is
     the shard's completion mark, as when it is rendered). Returns the bytes received."""
     tar, record_file = tar_path(set_path, record.index), parquet_path(set_path, record.index)
@@ -168,7 +168,7 @@ def _fetch_shard(store: Store, rel: str, set_path: Path, record: ShardRecord, pa
         if parquet_sum is not None and (digest, size) != (parquet_sum["sha256"], parquet_sum["bytes"]):
             raise CorruptShardError(f"{where}: the store's copy disagrees with its manifest (sha256 or size); "
                                     "nothing of it was kept; re-push the set, then pull again")
-        _check_record_file(record_tmp, record, where)
+        _check_record_file(record_tmp, record, where, schema)
         os.replace(tar_tmp, tar)
         os.replace(record_tmp, record_file)
     finally:
@@ -212,16 +212,16 @@ def _download(store: Store, rel: str, dest: Path, limit: int, progress: Progress
     return h.hexdigest(), n
 
 
-def _check_record_file(path: Path, record: ShardRecord, where: str) -> None:
-    """A parquet record from a store: the expected columns, its own record equal to the manifest's, one row per
-    planned sample. Read with pyarrow (plain columns; never unpickled)."""
+def _check_record_file(path: Path, record: ShardRecord, where: str, schema: pa.Schema) -> None:
+    """A parquet record from a store: the columns of its set's kind (``schema``), its own record equal to the
+    manifest's, one row per planned sample. Read with pyarrow (plain columns; never unpickled)."""
     try:
-        schema = pq.read_schema(path)
+        found = pq.read_schema(path)
         rows = pq.ParquetFile(path).metadata.num_rows
     except (OSError, pa.ArrowException) as e:
         raise CorruptShardError(f"{where}: not a readable parquet record ({e}); refusing this shard") from e
-    if schema.remove_metadata() != ROW_SCHEMA:
-        raise CorruptShardError(f"{where}: unexpected columns {schema.names}; refusing this shard")
+    if found.remove_metadata() != schema:
+        raise CorruptShardError(f"{where}: unexpected columns {found.names}; refusing this shard")
     try:
         own = read_record(path)
     except ShardSetError as e:

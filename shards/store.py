@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from .errors import ShardSetError, SpecMismatchError, StoreError
 from .layout import FORMAT, HASH_DIR_LEN, MANIFEST, spec_hash
-from .manifest import ShardRecord
+from .manifest import IMAGES, KINDS, ShardRecord, set_kind
 
 log = logging.getLogger("gift.shards")
 
@@ -324,6 +324,8 @@ def parse_manifest(data: bytes, where: str) -> dict:
     _check(isinstance(m.get("spec"), dict) and isinstance(m.get("spec_hash"), str), where, "no spec")
     if spec_hash(m["spec"]) != m["spec_hash"]:
         raise SpecMismatchError(f"{where}: the recorded spec_hash is not the hash of the recorded spec; refusing this set")
+    _check(set_kind(m["spec"]) in KINDS and m.get("kind", IMAGES) == set_kind(m["spec"]), where,
+           f"kind {m.get('kind')!r} (spec: {set_kind(m['spec'])!r})")
     _check(is_valid_task(m.get("task")) and m["task"] == m["spec"].get("task"), where, f"task name {m.get('task')!r}")
     num = m.get("num_shards")
     _check(_nonneg_int(num) and num <= MAX_SHARDS, where, f"num_shards {num!r}")

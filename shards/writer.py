@@ -40,12 +40,14 @@ class ShardWriter:
 
     ``add(row, image, ext, meta)`` stores one planned sample: ``row`` is its plan entry (key, class_index,
     class_name, prompt, seed); ``image`` its encoded bytes, or ``None`` when the generator refused it
-    (safety checker), in which case it is recorded as flagged and left out of the tar.
+    (safety checker), in which case it is recorded as flagged and left out of the tar. ``schema`` is the
+    set's row schema (``shards.manifest.row_schema(spec)``); a caption set stores each caption as ``KEY.txt``.
     """
 
-    def __init__(self, set_path: Path, index: int, render: dict):
+    def __init__(self, set_path: Path, index: int, render: dict, schema: pa.Schema = ROW_SCHEMA):
         self.index = index
         self.render = dict(render)
+        self.schema = schema
         self.final_tar = tar_path(set_path, index)
         self.final_parquet = parquet_path(set_path, index)
         self.tmp_tar = tmp_path(self.final_tar)
@@ -80,7 +82,7 @@ class ShardWriter:
         )
         os.replace(self.tmp_tar, self.final_tar)
         try:
-            table = pa.Table.from_pylist(self.rows, schema=ROW_SCHEMA)
+            table = pa.Table.from_pylist(self.rows, schema=self.schema)
             table = table.replace_schema_metadata({RECORD_KEY: canonical_json(record.to_dict())})
             tmp = tmp_path(self.final_parquet)
             try:

@@ -1,7 +1,8 @@
-"""Stage 1: render a task's class prompts into a resumable, verifiable shard set.
+"""Stage 1: render a task's class prompts (or the captions of a caption set) into a resumable, verifiable shard set.
 
 Plan first, render second. The plan (key, class, prompt, seed of every sample) is a pure function of
-the :class:`GenerateSpec`; the set lives at ``OUT/<task>/<spec-hash>/``. Shard i holds plan rows
+the :class:`GenerateSpec` (and, with ``--captions``, of the caption set whose hash it holds); the set lives at
+``OUT/<task>/<spec-hash>/``. Shard i holds plan rows
 [i*shard_size, (i+1)*shard_size). Under ``torchrun`` rank r renders shards r, r+world, ... and writes only
 its own files; rank 0 writes the manifest. Re-running the same command skips finished shards whose
 checksums hold and redoes the rest.
@@ -13,8 +14,10 @@ import hashlib
 import io
 import logging
 import os
+import string
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from PIL import Image
 
 from pipeline.datasets import catalog
 from pipeline.dist import Dist, RankStoppedError
+from shards.captions import CaptionSet
 from shards.errors import SpecMismatchError
 from shards.layout import parquet_path, set_dir, spec_hash, tar_path
 from shards.manifest import (
@@ -31,6 +35,7 @@ from shards.manifest import (
     load_manifest,
     make_manifest,
     read_record,
+    row_schema,
     write_manifest,
 )
 from shards.verify import check_shard
@@ -53,6 +58,8 @@ from .tiny_sd import SD15_SCHEDULER_CONFIG, TINY_SIZE, build_tiny_pipeline
 log = logging.getLogger("gift.generate")
 PLAN_VERSION = 1  # bump when the plan (keys, seeds, order) changes: it is part of every spec hash
 FORMATS = ("jpg", "png")
+CAPTION_FIELDS = ("captions", "per_caption", "prompt_template")
+TEMPLATE_FIELDS = {"caption", "class"}
 
 
 class SpecError(ValueError):
@@ -84,9 +91,18 @@ class GenerateSpec:
     jpeg_quality: int = 95
     shard_size: int = 64  # ~10 MB of 512² JPEGs: fine-grained resume and multi-GPU balance
     plan_version: int = PLAN_VERSION
+    # Rendering from a caption set (`--captions`; per_class is then 0). Left out of the dict, hence the hash,
+    # when unused: sets of class prompts keep the addresses they had before caption sets existed.
+    captions: str | None = None  # the caption set's full spec hash: the images are a function of its captions
+    per_caption: int | None = None
+    prompt_template: str | None = None  # "{caption}", "{caption}, a photo of a {class}", ...
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if all(d[k] is None for k in CAPTION_FIELDS):
+            for k in CAPTION_FIELDS:
+                del d[k]
+        return d
 
     @property
     def hash(self) -> str:
@@ -111,10 +127,15 @@ def resolve_spec(
     shard_size: int = 64,
     revision: str | None = None,
     device: torch.device | None = None,
+    captions: CaptionSet | None = None,
+    per_caption: int = 10,
+    prompt_template: str = "{caption}",
 ) -> GenerateSpec:
     """Validate a request and fill the defaults that depend on the generator and device.
 
     ``model``: ``sd15`` (the SD v1.5 Hub id), ``tiny``, ``reference:DIR``, a Hub id or a local directory.
+    ``captions``: render ``per_caption`` images of each caption of this (loaded, verified) caption set, prompted
+    with ``prompt_template``, instead of ``per_class`` images of each class prompt.
     """
     try:
         catalog.get_task(task)
@@ -137,6 +158,8 @@ def resolve_spec(
 
     common = dict(task=task, per_class=per_class or catalog.default_per_class(task), seed=seed,
                   image_format=image_format, jpeg_quality=jpeg_quality, shard_size=shard_size)
+    if captions is not None:
+        common.update(_caption_fields(task, captions, per_class, per_caption, prompt_template))
     if model.startswith("reference:"):
         folder = Path(model.removeprefix("reference:")).expanduser().resolve()
         # Nothing is rendered: the diffusion settings do not apply and are fixed so they cannot split the hash.
@@ -169,14 +192,51 @@ def sample_seed(base_seed: int, key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{base_seed}:{key}".encode()).digest()[:8], "big") >> 1
 
 
-def plan(spec: GenerateSpec) -> list[PlanRow]:
-    """Every sample of the set, class-major: ``per_class`` instances of each class in label order."""
+def _caption_fields(task: str, captions: CaptionSet, per_class: int | None, per_caption: int, template: str) -> dict:
+    """The spec fields of a render from ``captions``, validated."""
+    if captions.task != task:
+        raise SpecError(f"the caption set {captions.path} holds captions of {captions.task}, not {task}")
+    if per_class is not None:
+        raise SpecError("--per-class does not apply with --captions: the images per caption are --per-caption")
+    if per_caption <= 0:
+        raise SpecError(f"--per-caption must be positive, got {per_caption}")
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as e:
+        raise SpecError(f"--prompt-template {template!r}: {e}") from e
+    if "caption" not in fields or not fields <= TEMPLATE_FIELDS:
+        raise SpecError(f"--prompt-template {template!r} must contain {{caption}} and no field but {{caption}} and "
+                        "{class}, e.g. '{caption}, a photo of a {class}'")
+    return dict(per_class=0, captions=captions.spec_hash, per_caption=per_caption, prompt_template=template)
+
+
+def plan(spec: GenerateSpec, captions: CaptionSet | None = None) -> list[PlanRow]:
+    """Every sample of the set, class-major: ``per_class`` instances of each class in label order; or, for a
+    spec of a caption set (given as ``captions``), ``per_caption`` images of each of its captions in set order."""
+    if spec.captions is not None:
+        return caption_plan(spec, captions)
     task = catalog.get_task(spec.task)
     rows = []
     for c, name in enumerate(task.classnames):
         for i in range(spec.per_class):
             key = f"{spec.task}-{c:04d}-{i:04d}"
             rows.append(PlanRow(key, c, name, task.prompt(c), sample_seed(spec.seed, key), i))
+    return rows
+
+
+def caption_plan(spec: GenerateSpec, captions: CaptionSet | None) -> list[PlanRow]:
+    """Image j of the caption keyed K is keyed ``K-jjjj`` with its own seed; ``instance`` counts the class's images
+    (which real image the reference generator takes)."""
+    if captions is None or captions.spec_hash != spec.captions:
+        raise SpecError(f"this set renders the caption set {spec.captions}; pass that caption set (--captions)")
+    rows, seen = [], Counter()
+    for index, record in enumerate(captions.records):
+        prompt = spec.prompt_template.format_map({"caption": record.caption, "class": record.class_name})
+        for j in range(spec.per_caption):
+            key = f"{record.key}-{j:04d}"
+            rows.append(PlanRow(key, record.class_index, record.class_name, prompt, sample_seed(spec.seed, key),
+                                seen[record.class_index], record.caption, index))
+            seen[record.class_index] += 1
     return rows
 
 
@@ -249,11 +309,13 @@ def generate(
     allow_download: bool = False,
     generator: Generator | None = None,
     speedups: Speedups = Speedups(),
+    captions: CaptionSet | None = None,
 ) -> GenerateResult:
     """Render (or finish) the set of ``spec`` under ``out``; returns where it is and what was done.
 
     ``generator`` reuses an already loaded generator (benchmarks); by default it is built from the spec,
-    and only when some shard actually needs rendering.
+    and only when some shard actually needs rendering. ``captions``: the caption set a spec made with
+    ``--captions`` renders.
     """
     if batch_size <= 0:
         raise SpecError(f"--batch-size must be positive, got {batch_size}")
@@ -265,7 +327,7 @@ def generate(
     own_group = dist.init(torch.device("cpu"))
 
     set_path = set_dir(out, spec.task, spec.hash)
-    rows = plan(spec)
+    rows = plan(spec, captions)
     shards = [rows[i : i + spec.shard_size] for i in range(0, len(rows), spec.shard_size)]
     versions = library_versions()
     if dist.rank == 0:
@@ -362,7 +424,7 @@ def _render_shard(generator: Generator, spec: GenerateSpec, set_path: Path, inde
                   batch_size: int, render: dict, progress: Progress, result: GenerateResult) -> ShardRecord:
     render_s = write_s = 0.0
     ext = spec.image_format
-    with ShardWriter(set_path, index, render) as writer:
+    with ShardWriter(set_path, index, render, schema=row_schema(spec.to_dict())) as writer:
         for b in range(0, len(rows), batch_size):
             batch = rows[b : b + batch_size]
             t0 = time.perf_counter()

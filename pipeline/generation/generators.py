@@ -33,7 +33,8 @@ class ModelNotFoundError(RuntimeError):
 
 @dataclass(frozen=True)
 class PlanRow:
-    """One planned sample: the ``instance``-th image of class ``class_index``."""
+    """One planned sample: the ``instance``-th image of class ``class_index``; rendered from caption
+    ``caption_index`` of a caption set when ``caption`` is set."""
 
     key: str
     class_index: int
@@ -41,9 +42,14 @@ class PlanRow:
     prompt: str
     seed: int
     instance: int
+    caption: str | None = None
+    caption_index: int | None = None
 
     def as_row(self) -> dict:
-        return {k: getattr(self, k) for k in ("key", "class_index", "class_name", "prompt", "seed")}
+        fields = ("key", "class_index", "class_name", "prompt", "seed")
+        if self.caption is not None:
+            fields += ("caption", "caption_index")
+        return {k: getattr(self, k) for k in fields}
 
 
 class Generator(Protocol):

@@ -19,7 +19,7 @@ import torch
 from pipeline.datasets import catalog
 from shards.errors import ShardSetError
 from shards.layout import parquet_path, spec_hash, tar_path
-from shards.manifest import find_sets, load_manifest, read_rows
+from shards.manifest import IMAGES, find_sets, load_manifest, read_rows, set_kind
 from shards.reader import iter_shard
 from shards.verify import verify_set
 
@@ -53,8 +53,9 @@ def spec_family(spec: dict) -> str:
 def spec_filter(family: str | None = None, generator: str | None = None) -> Callable[[dict], bool]:
     """Which sets a run's pool may use (a manifest -> bool): of spec family ``family`` and of generator
     ``generator`` (``sd15``, ``tiny``, or ``reference``: real images); None accepts any. The same test picks
-    local sets and the sets fetched from a store."""
-    return lambda m: family in (None, spec_family(m["spec"])) and generator in (None, m["spec"].get("generator"))
+    local sets and the sets fetched from a store. Caption sets (``gift caption``) hold no images: never a pool set."""
+    return lambda m: (set_kind(m["spec"]) == IMAGES and family in (None, spec_family(m["spec"]))
+                      and generator in (None, m["spec"].get("generator")))
 
 
 def find_pool_sets(root: Path, tasks: Sequence[str], family: str | None = None,
