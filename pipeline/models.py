@@ -152,7 +152,7 @@ def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _clip_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP's mean and std [1,3,1,1] on ``device``, made once: a tensor made from Python numbers on a GPU is a
     blocking copy from the host (a synchronisation), which every training step would otherwise pay."""

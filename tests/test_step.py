@@ -9,7 +9,7 @@ from pipeline.methods import TaskContext
 from pipeline.methods.gift import Gift
 from pipeline.models import ClipSpec, load_clip, tokenizer
 from pipeline.training.config import TrainConfig
-from pipeline.training.replay import SyntheticStream, SynthBatch
+from pipeline.training.replay import SynthBatch, SyntheticStream
 from pipeline.training.step import LossLog, NonFiniteLossError, run_step
 from pipeline.training.synthetic import SyntheticBatchSource
 

@@ -79,8 +79,10 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 def student_features(module: nn.Module, images: torch.Tensor | None, tokens: torch.Tensor | None):
     """(image features [b,D] | None, text features [n,D] | None) through ``module``: a ``models.ClipFeatures``
-    or a DistributedDataParallel / ``torch.compile`` wrapper of one (text ids of any width up to 77)."""
-    return module(images, tokens)
+    or a DistributedDataParallel / ``torch.compile`` wrapper of one (text ids of any width up to 77). A bare
+    open_clip CLIP also works, on ids of the full 77 columns (its forward returns the logit scale third)."""
+    out = module(images, tokens)
+    return out[0], out[1]
 
 
 class Method:
