@@ -1,6 +1,7 @@
 """Teacher features computed once (GIFT's draw, EWC's Fisher, ZSCL's captions) against the same step computed
 on the fly; every rank of a torchrun job holding the whole matrix."""
 
+import functools
 import os
 
 import pytest
@@ -13,10 +14,11 @@ from safetensors.torch import load_file, save_file
 from pipeline.bench.train import OnTheFlyGift
 from pipeline.dist import Dist
 from pipeline.methods import TaskContext, frozen
+from pipeline.methods.base import student_features
 from pipeline.methods.ewc import EWC
 from pipeline.methods.gift import Gift
 from pipeline.methods.zscl import ZSCL, caption_features
-from pipeline.models import ClipSpec, encode_images, load_clip, normalize_uint8, tokenizer
+from pipeline.models import ClipFeatures, ClipSpec, encode_images, load_clip, normalize_uint8, tokenizer
 from pipeline.training.config import TrainConfig
 from pipeline.training.replay import SynthBatch, SyntheticStream
 from pipeline.training.step import run_step
@@ -185,14 +187,28 @@ def _rank(rank: int, world: int, init: str, out: str, captions: str, run_dir: st
         cap = caption_features(model, model.state_dict(), captions, ctx)  # encoded by shares; rank 0 writes
         torch.distributed.barrier()
         again = caption_features(model, model.state_dict(), captions, ctx)  # as a resumed run: read back
-        torch.save({"img": img, "txt": txt, "cap": cap, "again": again}, os.path.join(out, f"rank{rank}.pt"))
+        # image-only under DistributedDataParallel (find_unused_parameters, as train.py wraps the student): the
+        # text tower, unused on every rank, keeps no gradient, so AWC gives it F = 1e-6 as on one process
+        student = load_clip(ClipSpec("tiny", "none", seed=9))
+        config = TrainConfig(distill="image-only", synthetic_batch=4)
+        params = [p for p in student.parameters() if p.requires_grad]
+        ddp = torch.nn.parallel.DistributedDataParallel(ClipFeatures(student), find_unused_parameters=True)
+        ctx = TaskContext(0, "mini-a", student, {}, config, CPU, params, [p.detach().clone() for p in params], dist,
+                          forward=functools.partial(student_features, ddp), synthetic=source(8))
+        method = Gift(config)
+        method.begin_task(ctx)
+        sum(method.replay_terms(ctx, SyntheticStream(ctx.synthetic, 4, 1, dist, CPU).next()).values()).backward()
+        no_grad = sorted(n for n, p in student.named_parameters() if p.requires_grad and p.grad is None)
+        torch.save({"img": img, "txt": txt, "cap": cap, "again": again, "no_grad": no_grad},
+                   os.path.join(out, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_every_rank_gets_the_whole_matrix_from_its_share(tmp_path):
     """Two gloo processes: each encodes its share of a fixed set, the shares are gathered once; every rank holds
-    the one-process matrix, and rank 0 alone writes ZSCL's caption cache, which both ranks then read back."""
+    the one-process matrix, and rank 0 alone writes ZSCL's caption cache, which both ranks then read back. And
+    under DistributedDataParallel the tower an ablation leaves out keeps no gradient on either rank."""
     captions = tmp_path / "captions.txt"
     captions.write_text("\n".join(f"caption number {k} of a small set" for k in range(7)))
     run_dir = tmp_path / "run"
@@ -212,3 +228,5 @@ def test_every_rank_gets_the_whole_matrix_from_its_share(tmp_path):
         torch.testing.assert_close(got["txt"], one_txt, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(got["cap"], one_cap, rtol=1e-5, atol=1e-6)
         assert torch.equal(got["again"], got["cap"])
+        text_tower = sorted(n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("visual."))
+        assert got["no_grad"] == text_tower
