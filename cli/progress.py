@@ -100,7 +100,11 @@ class TrainProgress:
         self.bar.start()
         self.task = self.bar.add_task(f"task {index + 1}: {task}", total=steps, losses="")
 
-    def step(self, losses: dict[str, float]) -> None:
+    def step(self, losses: dict[str, float] | None) -> None:
+        """Advance one step; the loss terms change only at the logged steps (read back every 10 steps)."""
+        if losses is None:
+            self.bar.update(self.task, advance=1)
+            return
         speed = self.bar.tasks[0].speed
         text = " ".join(f"{k} {v:.3f}" for k, v in losses.items()) + (f"  {speed:.1f} it/s" if speed else "")
         self.bar.update(self.task, advance=1, losses=text)

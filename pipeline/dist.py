@@ -128,9 +128,9 @@ class Dist:
                 mark.unlink(missing_ok=True)
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        """In place, and returned: the sum (or mean) of ``tensor`` over ranks."""
+        """In place, and returned: the sum (or mean, or max) of ``tensor`` over ranks."""
         if self.world > 1:
-            td.all_reduce(tensor)
+            td.all_reduce(tensor, op=td.ReduceOp.MAX if op == "max" else td.ReduceOp.SUM)
             if op == "mean":
                 tensor /= self.world
         return tensor
@@ -147,6 +147,27 @@ class Dist:
         import torch.distributed.nn.functional as dnn
 
         return torch.cat(dnn.all_gather(x.contiguous()), dim=0)
+
+    @torch.no_grad()
+    def gather_shards(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """Every rank's ``x`` = its rows ``shard(n)`` of an [n, ...] result -> the whole [n, ...] on every rank
+        (not differentiable): what each rank computes once for a share of a fixed set (teacher features)."""
+        if self.world == 1:
+            return x
+        rows = -(-n // self.world)  # shares differ by at most one row: pad each to the largest
+        padded = x.new_zeros((rows, *x.shape[1:]))
+        padded[: len(x)] = x
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        td.all_gather(parts, padded)
+        sizes = [len(range(n)[Dist(r, self.world).shard(n)]) for r in range(self.world)]
+        return torch.cat([p[:k] for p, k in zip(parts, sizes, strict=True)])
+
+    def all_true(self, flag: bool, device: torch.device | str = "cpu") -> bool:
+        """Whether ``flag`` holds on every rank (one small all-reduce; every rank gets the same answer)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([0 if flag else 1], device=device)
+        return self.all_reduce(t).item() == 0
 
     def shard(self, n: int) -> slice:
         """This rank's contiguous share of ``n`` items (sizes differ by at most one)."""

@@ -6,11 +6,13 @@ use a fixed scale of 100 (OpenAI CLIP's exp(logit_scale)).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.transformer import text_global_pool
 from torch import nn
 from torchvision import transforms as T
 
@@ -102,9 +104,25 @@ def _load_file(model: nn.Module, path: str) -> None:
     model.load_state_dict(state)
 
 
-def tokenizer():
-    """The real CLIP BPE tokenizer (77 tokens), shared by every preset."""
-    return open_clip.get_tokenizer("ViT-B-16")
+def tokenizer(trim: bool = True):
+    """The real CLIP BPE tokenizer, shared by every preset: texts -> token ids [N, L].
+
+    With ``trim`` (the default) the ids are cut after the batch's last end-of-text token (``trim_tokens``), on
+    the host where they are made; ``trim=False`` gives open_clip's full 77 columns.
+    """
+    full = open_clip.get_tokenizer("ViT-B-16")
+    return (lambda texts: trim_tokens(full(texts))) if trim else full
+
+
+def trim_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Token ids [N, 77] cut to [N, L], L = 1 + the largest end-of-text position in the batch.
+
+    open_clip reads a text's feature at ``argmax`` of its ids (the end-of-text id, 49407, is the largest; a row
+    that holds it twice, like a random-token sentence, is read at the first), and the text transformer is causal,
+    so no position after L−1 can change any row's feature: the columns after it are dropped. Call it where the
+    ids are made, on the host: on a GPU tensor the length would be read back (a synchronisation).
+    """
+    return tokens[:, : int(tokens.argmax(dim=-1).max()) + 1] if tokens.numel() else tokens
 
 
 def train_transform(size: int, uint8: bool = False) -> T.Compose:
@@ -130,9 +148,17 @@ def eval_resize(size: int) -> T.Compose:
 
 def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B,3,H,W] -> float, CLIP-normalised, on the images' device."""
-    mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = _clip_stats(images.device)
     return (images.float() / 255.0 - mean) / std
+
+
+@functools.cache
+def _clip_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's mean and std [1,3,1,1] on ``device``, made once: a tensor made from Python numbers on a GPU is a
+    blocking copy from the host (a synchronisation), which every training step would otherwise pay."""
+    with torch.inference_mode(False):  # ordinary tensors even if first asked for under inference mode
+        return (torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1),
+                torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1))
 
 
 def encode_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -141,5 +167,48 @@ def encode_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def encode_texts(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """L2-normalised text features [N, D] from token ids [N, 77]."""
-    return nn.functional.normalize(model.encode_text(tokens), dim=-1)
+    """L2-normalised text features [N, D] from token ids [N, L], L ≤ the context length (77).
+
+    open_clip's ``encode_text`` with the positional embedding and the causal mask sliced to the tokens' width,
+    so ids cut by ``trim_tokens`` (what ``tokenizer()`` returns) run a transformer of L positions instead of 77
+    and give the same features (tested against open_clip's own ``encode_text``); 77 columns give exactly its
+    computation. Towers where a cut could change a feature (no causal mask, or a feature read at the last
+    position) get their ids padded back to the full context.
+    """
+    width, context = tokens.shape[1], model.context_length
+    if width > context:
+        raise ValueError(f"token ids of width {width} exceed the text context of {context}")
+    if width < context and (model.attn_mask is None or model.text_pool_type not in ("argmax", "eos", "first")):
+        tokens = nn.functional.pad(tokens, (0, context - width))
+        width = context
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:width].to(cast)
+    mask = model.attn_mask[:width, :width] if model.attn_mask is not None else None
+    x = model.ln_final(model.transformer(x, attn_mask=mask))
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
+    return nn.functional.normalize(x, dim=-1)
+
+
+@torch.no_grad()
+def encode_text_batches(model: nn.Module, tokens: torch.Tensor, device: torch.device | str,
+                        batch: int = 256) -> torch.Tensor:
+    """Text features [N, D] of host token ids [N, L] in batches of ``batch``, each trimmed on the host to its
+    own longest text before it moves to ``device`` (no gradient: teachers, zero-shot heads)."""
+    return torch.cat([encode_texts(model, trim_tokens(chunk).to(device)) for chunk in tokens.split(batch)])
+
+
+class ClipFeatures(nn.Module):
+    """The student's training forward: ``(images | None, tokens | None) -> (image features | None, text features
+    | None)``, both L2-normalised, text through ``encode_texts`` (trimmed ids welcome). It holds the CLIP as
+    ``clip`` and owns no parameter of its own; DistributedDataParallel and ``torch.compile`` wrap this module, so
+    the trimmed text forward is the one they run."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, images: torch.Tensor | None = None, tokens: torch.Tensor | None = None):
+        return (None if images is None else encode_images(self.clip, images),
+                None if tokens is None else encode_texts(self.clip, tokens))

@@ -23,10 +23,15 @@ def test_quick_bench_writes_every_section_in_place(tmp_path):
     assert text.index("Hand-written note.") < text.index(markers("summary")[0]) < text.index(markers("generate")[0])
     for row in ("Wall time of this `make bench`", "Libraries: python", "| AWC on top of CD + ITA |",
                 "| one MTIL order end to end |", "1 process ×", "2 processes ×", "| **AWC** (copy of the replay gradients",
-                "released code's AWC", "FLOPs counted by `FlopCounterMode`", "(**+0**)", "| classes in the task |",
+                "released code's AWC", "FLOPs counted by `FlopCounterMode`", "(**+0**)",
                 "decoded + resized + tokenised every step", "| workers | uint8 crops (trainer) images/s | float crops images/s |", "`TestSet` cache (default) | 1 |",
                 "not measured on a GPU yet", "| SDPA + `--fuse-qkv --channels-last` |", "| step at 3 + 3, AWC on |",
-                "classic attention (no SDPA; unoptimised)"):
+                "classic attention (no SDPA; unoptimised)", "| step before issue 11 (teacher forward every step",
+                "### FLOPs before and after issue 11", "| GIFT step, 2 + 2, CE prompts of cifar100 (100 classes) |",
+                "CE prompts of sun397 (397 classes)", "the teacher's cache, built once per task",
+                "| one evaluation row: heads +", "| ZSCL step, 2 + 2, N = 16 |", "re-encoding all N captions",
+                "| FLOPs of a GIFT step (teacher cache, trimmed texts) |", "| text FLOPs of an evaluation row |",
+                "| task | classes | TFLOP per step before |"):
         assert row in text, row
     main(["--quick", "--out", str(out), "--only", "data"])  # one section again: replaced, nothing duplicated
     again = out.read_text()

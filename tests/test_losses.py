@@ -95,9 +95,9 @@ def test_awc_fisher_normalisation_penalty_and_gradient_by_hand():
     # -> F = g²/mean(g²) = ([0.4, 1.6], [1.0]).
     grads = [torch.tensor([1.0, 2.0], dtype=f64), torch.tensor([3.0], dtype=f64)]
     scales = losses.fisher_scales(grads)
-    assert scales == pytest.approx([1 / 2.5, 1 / 9])
+    assert scales.tolist() == pytest.approx([1 / 2.5, 1 / 9]) and scales.device == grads[0].device
     params, anchors = _params()
-    penalty = losses.add_awc_gradient(params, anchors, grads, scales, lam=1.0)
+    penalty = losses.add_awc_gradient(params, anchors, grads, lam=1.0)
     # λ·Σ F·(θ−θ₀)² = 0.4·1 + 1.6·1 + 1.0·4 = 6;   gradient 2λ·F·(θ−θ₀) = ([0.8, -3.2], [4.0])
     assert penalty.item() == pytest.approx(6.0)
     assert params[0].grad.tolist() == pytest.approx([0.8, -3.2]) and params[1].grad.tolist() == pytest.approx([4.0])
@@ -106,7 +106,7 @@ def test_awc_fisher_normalisation_penalty_and_gradient_by_hand():
 def test_awc_without_normalisation_and_against_autograd():
     grads = [torch.tensor([1.0, 2.0], dtype=f64), torch.tensor([3.0], dtype=f64)]
     params, anchors = _params()
-    penalty = losses.add_awc_gradient(params, anchors, grads, losses.fisher_scales(grads, normalize=False), lam=0.5)
+    penalty = losses.add_awc_gradient(params, anchors, grads, lam=0.5, normalize=False)
     # F = g² = ([1, 4], [9]): 0.5·(1 + 4 + 9·4) = 20.5; gradient 2·0.5·F·(θ−θ₀) = ([1, -4], [18])
     assert penalty.item() == pytest.approx(20.5)
     assert params[0].grad.tolist() == pytest.approx([1.0, -4.0]) and params[1].grad.tolist() == pytest.approx([18.0])
@@ -122,8 +122,27 @@ def test_awc_gradient_accumulates_onto_existing_gradients():
     grads = [torch.tensor([1.0, 2.0], dtype=f64), torch.tensor([3.0], dtype=f64)]
     params, anchors = _params()
     params[0].grad = torch.tensor([10.0, 10.0], dtype=f64)  # e.g. CE's gradient from the second backward
-    losses.add_awc_gradient(params, anchors, grads, losses.fisher_scales(grads), lam=1.0)
+    losses.add_awc_gradient(params, anchors, grads, lam=1.0)
     assert params[0].grad.tolist() == pytest.approx([10.8, 6.8])
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_awc_gives_a_tensor_the_distillation_did_not_reach_fisher_one_millionth(normalize):
+    # The released code: a trained tensor without a gradient from α·CD + β·ITA (None) gets F = 1e-6 everywhere.
+    # θ−θ₀ = ([1, -1], [2]); only the first tensor reached, g = [1, 2] -> F = ([0.4, 1.6] or [1, 4], [1e-6]).
+    params, anchors = _params()
+    penalty = losses.add_awc_gradient(params, anchors, [torch.tensor([1.0, 2.0], dtype=f64), None], lam=2.0,
+                                      normalize=normalize)
+    F0 = [0.4, 1.6] if normalize else [1.0, 4.0]
+    # λ·Σ F·(θ−θ₀)² = 2·(F0[0] + F0[1] + 1e-6·4);  gradient 2λ·F·(θ−θ₀) = 4·([F0[0], -F0[1]], [1e-6·2])
+    assert penalty.item() == pytest.approx(2 * (F0[0] + F0[1] + 4e-6), rel=1e-12)
+    assert params[0].grad.tolist() == pytest.approx([4 * F0[0], -4 * F0[1]], rel=1e-12)
+    assert params[1].grad.tolist() == pytest.approx([8e-6], rel=1e-12)
+    # a tensor that was reached with an all-zero gradient keeps F = 0 (it is not "unreached")
+    params, anchors = _params()
+    losses.add_awc_gradient(params, anchors, [torch.tensor([1.0, 2.0], dtype=f64), torch.zeros(1, dtype=f64)],
+                            lam=2.0, normalize=normalize)
+    assert params[1].grad.tolist() == [0.0]
 
 
 def test_l2_penalty_and_gradient_by_hand():
@@ -134,8 +153,18 @@ def test_l2_penalty_and_gradient_by_hand():
     assert params[0].grad.tolist() == pytest.approx([2.0, -2.0]) and params[1].grad.tolist() == pytest.approx([4.0])
 
 
-def test_feature_distillation_by_hand():
-    # image: (1,0) vs (0,1) -> squared distance 2; text: equal -> 0; mean over B=1 -> 2
-    s = torch.tensor([[1.0, 0.0]], dtype=f64)
-    t = torch.tensor([[0.0, 1.0]], dtype=f64)
-    assert losses.feature_distillation(s, s, t, s).item() == pytest.approx(2.0)
+def test_feature_distillation_is_the_mean_over_all_elements_by_hand():
+    # The released code: F.mse_loss(t_img, s_img) + F.mse_loss(t_txt, s_txt), each the mean over all B·D elements.
+    # B = 2, D = 2. image: s − t = [[1, -1], [0, 0]] -> (1 + 1 + 0 + 0)/4 = 0.5;
+    # text: s − t = [[0, 0], [0.6, -0.8]] -> (0.36 + 0.64)/4 = 0.25.  Total 0.75 (a per-sample sum would be D = 2x).
+    s_img = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=f64, requires_grad=True)
+    t_img = torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=f64, requires_grad=True)
+    s_txt = torch.tensor([[0.6, 0.8], [0.6, 0.8]], dtype=f64, requires_grad=True)
+    t_txt = torch.tensor([[0.6, 0.8], [0.0, 1.6]], dtype=f64, requires_grad=True)
+    loss = losses.feature_distillation(s_img, s_txt, t_img, t_txt)
+    assert loss.item() == pytest.approx(0.75, rel=1e-12)
+    loss.backward()
+    # d/ds of mean((s−t)²) = 2(s−t)/(B·D) = (s−t)/2; the teacher receives nothing
+    assert s_img.grad.flatten().tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0])
+    assert s_txt.grad.flatten().tolist() == pytest.approx([0.0, 0.0, 0.3, -0.4])
+    assert t_img.grad is None and t_txt.grad is None

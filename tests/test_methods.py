@@ -2,6 +2,7 @@
 `mini` benchmark (tiny CLIP, real images, the real loop)."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -55,14 +56,107 @@ def test_lwf_distils_student_images_against_the_teachers_texts():
     assert student.visual.conv1.weight.grad.abs().sum() > 0
 
 
-def test_lwf_vr_random_sentences():
+def test_lwf_vr_random_sentences_draw_over_the_whole_vocabulary():
     tokens = random_sentences(1000, 10, seed=0)
     assert tokens.shape == (1000, 77)
     assert (tokens[:, 0] == SOT).all() and (tokens[:, 11] == EOT).all() and (tokens[:, 12:] == 0).all()
-    assert (tokens[:, 1:11] < SOT).all() and len({tuple(r) for r in tokens[:, 1:11].tolist()}) == 1000
+    # the reference's virtual_vocab: ids uniform over 0..49407 (start and end ids included), from the seed
+    expected = torch.randint(0, 49408, (1000, 10), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tokens[:, 1:11], expected) and len({tuple(r) for r in tokens[:, 1:11].tolist()}) == 1000
     assert torch.equal(tokens, random_sentences(1000, 10, seed=0))
     assert not torch.equal(tokens, random_sentences(1000, 10, seed=1))
-    assert (tokens.argmax(dim=1) == 11).all()  # CLIP pools the text feature at the end token
+    many = random_sentences(20000, 10, seed=3)[:, 1:11]  # 200,000 draws: the top ids do occur
+    assert many.min() == 0 and many.max() == EOT and (many == SOT).any()
+    # a sentence holding the end id early is read there, as open_clip reads it (argmax: the first largest id)
+    early = many.eq(EOT).any(dim=1).nonzero()[0, 0]
+    assert random_sentences(20000, 10, seed=3)[early].argmax() < 11
+
+
+def _unit(*rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("distill", ["image-only", "text-only"])
+def test_image_only_and_text_only_distil_and_align_on_the_mixed_matrix_by_hand(distill):
+    """The released code's Table 4a rows: S_mix = 100·s_img·t_txtᵀ (image-only) or 100·t_img·s_txtᵀ (text-only)
+    is the student's matrix for CD and for ITA; the other student tower is not involved at all."""
+    from pipeline.methods.gift import gift_terms
+
+    # image-only: t_txt = I, so S_mix = 100·s_img and S′ = 100·t_img; text-only mirrors it with t_img = I.
+    # S_mix = [[60,80],[80,60]], S′ = [[60,100],[80,0]]  (the contrastive test's matrices, test_losses.py)
+    student = _unit([0.6, 0.8], [0.8, 0.6]).requires_grad_()
+    teacher_other = _unit([0.6, 1.0], [0.8, 0.0]).T.contiguous() if distill == "text-only" else _unit([0.6, 1.0], [0.8, 0.0])
+    eye = torch.eye(2, dtype=torch.float64).requires_grad_()  # the teacher's side that meets the student
+    teacher_other.requires_grad_()
+    if distill == "image-only":
+        s_img, s_txt, t_img, t_txt = student, None, teacher_other, eye
+    else:  # S_mix = 100·t_img·s_txtᵀ = 100·s_txtᵀ: s_txt = studentᵀ keeps S_mix = [[60,80],[80,60]] (symmetric)
+        s_img, s_txt, t_img, t_txt = None, student, eye, teacher_other
+    config = TrainConfig(distill=distill)
+    terms = gift_terms(config, s_img, s_txt, t_img, t_txt, torch.tensor([0, 1]))
+    # CD = T²·[(H0+H1)/2 + (Hc0+Hc1)/2] = 2·[4L + 10(σ(-10)+σ(-20)+σ(-40)+σ(-50))], L = log(1+e^-10)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    L = math.log1p(math.exp(-10))
+    assert terms["cd"].item() == pytest.approx(2 * (4 * L + 10 * (sig(-10) + sig(-20) + sig(-40) + sig(-50))), rel=1e-9)
+    # ITA on S_mix, distinct prompts: Y = I smoothed to [[.9,.1],[.1,.9]]; each row's CE = 0.9·(20 + l) + 0.1·l
+    # = 18 + l, l = log(1+e^-20), in both directions (S_mix is symmetric): ITA = β·2·(18 + l)
+    assert terms["ita"].item() == pytest.approx(0.25 * 2 * (18 + math.log1p(math.exp(-20))), rel=1e-9)
+    (terms["ita"]).backward()
+    # ∂ITA/∂S_mix = β·(A + Aᵀ), A = (softmax(S_mix) − Y′)/B; S_mix = 100·student (or its transpose): ×100
+    a = (sig(-20) - 0.9) / 2
+    grad = 100 * 0.25 * 2 * torch.tensor([[a, -a], [-a, a]], dtype=torch.float64)
+    torch.testing.assert_close(student.grad, grad, rtol=1e-9, atol=1e-12)
+    assert eye.grad is None and teacher_other.grad is None  # the teacher receives nothing
+
+
+def test_feature_ablation_is_a_mean_squared_error_and_aligns_on_the_students_matrix():
+    from pipeline.methods.gift import gift_terms
+
+    s_img, s_txt = _unit([1.0, 0.0], [0.0, 1.0]), _unit([0.6, 0.8], [0.8, 0.6])
+    t_img, t_txt = _unit([0.0, 1.0], [0.0, 1.0]), _unit([0.6, 0.8], [0.0, 1.0])
+    terms = gift_terms(TrainConfig(distill="feature", alpha=2.0), s_img, s_txt, t_img, t_txt, torch.tensor([0, 1]))
+    # image (1+1+0+0)/4 = 0.5, text (0+0+0.64+0.16)/4 = 0.2, weight α = 2
+    assert terms["cd"].item() == pytest.approx(2 * 0.7, rel=1e-12)
+    # ITA on the student's own S = 100·s_img·s_txtᵀ = [[60,80],[80,60]]: as above, β·2·(18 + l)
+    assert terms["ita"].item() == pytest.approx(0.25 * 2 * (18 + math.log1p(math.exp(-20))), rel=1e-9)
+
+
+@pytest.mark.parametrize("distill", ["image-only", "text-only"])
+def test_one_tower_ablations_leave_the_other_tower_to_ce_and_awc_gives_it_one_millionth(distill):
+    """On the tiny CLIP: the replay backward reaches only the distilled tower; AWC then adds 2λ·1e-6·(θ−θ₀) to
+    every tensor of the other tower (the released code's F = 1e-6), the Fisher penalty to the rest."""
+    from pipeline.methods.gift import Gift
+
+    student = load_clip(ClipSpec("tiny", "none", seed=4))
+    config = TrainConfig(distill=distill, synthetic_batch=4, lam=3.0)
+    ctx = ctx_for(student, config, synthetic=_synthetic_source(), replay_seed=2)
+    method = Gift(config)
+    method.begin_task(ctx)
+    stream = SyntheticStream(ctx.synthetic, 4, 2, ctx.dist, CPU)
+    with torch.no_grad():  # away from the anchors, so the penalty gradient is not zero
+        for p in ctx.params:
+            p.add_(0.01 * torch.randn_like(p))
+    terms = method.replay_terms(ctx, stream.next())
+    sum(terms.values()).backward()
+    names = {id(p): n for n, p in student.named_parameters()}
+    other = (lambda n: not n.startswith("visual.")) if distill == "image-only" else (lambda n: n.startswith("visual."))
+    reached = [p for p in ctx.params if not other(names[id(p)])]
+    unreached = [p for p in ctx.params if other(names[id(p)])]
+    assert unreached and all(p.grad is None for p in unreached)
+    assert all(p.grad is not None for p in reached) and any(p.grad.abs().sum() > 0 for p in reached)
+    method.after_replay_backward(ctx)
+    fisher = {id(p): g for p, g in zip(ctx.params, method.fisher_grads, strict=True)}
+    for p in ctx.params:
+        p.grad = torch.zeros_like(p)
+    penalty = method.adjust_gradients(ctx)["awc"]
+    expected = 0.0
+    for p, a in zip(ctx.params, ctx.anchors, strict=True):
+        d = (p.detach() - a).double()
+        g = fisher[id(p)]
+        F = torch.full_like(d, 1e-6) if g is None else g.double() ** 2 / (g.double() ** 2).mean()
+        torch.testing.assert_close(p.grad.double(), 2 * 3.0 * F * d, rtol=1e-4, atol=1e-12)
+        expected += 3.0 * (F * d * d).sum().item()
+    assert penalty.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_wise_ft_interpolation_by_hand():

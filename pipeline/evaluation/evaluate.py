@@ -18,16 +18,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.datasets.catalog import Task
 from pipeline.dist import Dist
-from pipeline.models import LOGIT_SCALE, encode_images, encode_texts, normalize_uint8
+from pipeline.models import LOGIT_SCALE, encode_images, encode_text_batches, normalize_uint8
 from shards.layout import tmp_path
 
 
 @torch.no_grad()
 def zeroshot_head(model: nn.Module, task: Task, tokenizer, device: torch.device) -> torch.Tensor:
-    """Class embeddings [C, D] from all of the task's templates."""
+    """Class embeddings [C, D] from all of the task's templates (512 prompts a batch, each trimmed to its own
+    longest prompt: MTIL prompts are 10-30 tokens of 77)."""
     prompts = [t.format(c) for c in task.classnames for t in task.templates]
-    feats = torch.cat([encode_texts(model, tokenizer(prompts[i : i + 512]).to(device))
-                       for i in range(0, len(prompts), 512)])
+    feats = encode_text_batches(model, tokenizer(prompts), device, batch=512)
     feats = feats.view(task.num_classes, len(task.templates), -1).mean(dim=1)
     return nn.functional.normalize(feats, dim=-1)
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from pipeline.dist import Dist
+from pipeline.models import ClipFeatures
 from pipeline.training.replay import SynthBatch  # the batch type of every stream (re-exported)
 
 
@@ -65,7 +66,7 @@ class TaskContext:
 
     def local_features(self, images: torch.Tensor | None, tokens: torch.Tensor | None = None):
         """The same for this rank's share only (CE on the real batch, whose mean DDP averages over ranks)."""
-        return self.forward(images, tokens) if self.forward else student_features(self.student, images, tokens)
+        return self.forward(images, tokens) if self.forward else ClipFeatures(self.student)(images, tokens)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         return self.dist.gather(x)
@@ -76,8 +77,11 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).eval().requires_grad_(False)
 
 
-def student_features(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    out = model(images, tokens)  # open_clip's forward: normalised features, then the logit scale (and bias)
+def student_features(module: nn.Module, images: torch.Tensor | None, tokens: torch.Tensor | None):
+    """(image features [b,D] | None, text features [n,D] | None) through ``module``: a ``models.ClipFeatures``
+    or a DistributedDataParallel / ``torch.compile`` wrapper of one (text ids of any width up to 77). A bare
+    open_clip CLIP also works, on ids of the full 77 columns (its forward returns the logit scale third)."""
+    out = module(images, tokens)
     return out[0], out[1]
 
 

@@ -1,6 +1,7 @@
 """The paper's EWC variant (Table 6): GIFT's CD + ITA with a *static* Fisher instead of AWC. Before each task,
 F = mean over ⌈ewc_samples / B⌉ synthetic batches of the squared gradient of α·CD + β·ITA (per-tensor
-normalised like AWC), then fixed for the whole task: penalty λ·Σ F·(θ − θ(t−1))².
+normalised like AWC), then fixed for the whole task: penalty λ·Σ F·(θ − θ(t−1))². The teacher's features of the
+draw come from GIFT's once-per-task cache, so the Fisher batches run no teacher forward.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from .gift import Gift
 @torch.no_grad()
 def normalise_(fisher: list[torch.Tensor]) -> None:
     """F_i ← F_i / mean(F_i) per tensor (all-zero tensors stay zero)."""
-    means = torch.stack([f.mean() for f in fisher])
-    torch._foreach_mul_(fisher, torch.where(means > 0, 1.0 / means, torch.zeros_like(means)).tolist())
+    means = torch.stack(torch._foreach_norm(fisher, 1))  # F ≥ 0: the L1 norm is the sum
+    torch._foreach_div_(list(means.unbind()), [float(f.numel()) for f in fisher])
+    torch._foreach_mul_(fisher, list(torch.where(means > 0, 1.0 / means, torch.zeros_like(means)).unbind()))
 
 
 class EWC(Gift):

@@ -4,14 +4,16 @@ synthetic image-text pairs + adaptive weight consolidation (AWC) with this step'
 Ablation switches (TrainConfig): ``cd``/``ita``/``awc`` on or off, ``beta`` (ITA scale), ``teacher`` =
 last | initial | wise:x, ``distill`` = contrastive | feature | image-only | text-only, ``ita_target`` =
 code (smoothing 0.2, shared positives for duplicate prompts) | paper (identity, no smoothing),
-``fisher_norm`` (per-tensor normalisation of F, in the code only).
+``fisher_norm`` (per-tensor normalisation of F, in the code only). The distillation ablations follow the
+released code (REFERENCE.md, "Losses"): ``image-only`` / ``text-only`` distil and align on the mixed matrix,
+``feature`` is a mean squared error over all B·D elements, and AWC gives F = 1e-6 to a trained tensor the
+distillation backward does not reach.
 """
 
 from __future__ import annotations
 
 import torch
 
-from pipeline.models import encode_images, encode_texts
 from pipeline.training.losses import (
     LABEL_SMOOTHING,
     add_awc_gradient,
@@ -19,11 +21,12 @@ from pipeline.training.losses import (
     alignment_targets,
     contrastive_distillation,
     feature_distillation,
-    fisher_scales,
     image_text_alignment,
 )
 
+from . import frozen
 from .base import Method, SynthBatch, TaskContext, frozen_copy
+from .frozen import prompt_index
 
 DISTILL = ("contrastive", "feature", "image-only", "text-only")
 
@@ -40,48 +43,83 @@ def teacher_state(kind: str, initial: dict[str, torch.Tensor], previous: dict[st
     raise ValueError(f"unknown teacher {kind!r}; choose last, initial or wise:x (e.g. wise:0.2)")
 
 
+def gift_terms(cfg, s_img: torch.Tensor | None, s_txt: torch.Tensor | None, t_img: torch.Tensor,
+               t_txt: torch.Tensor, prompt_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """GIFT's replay terms from the whole batch's features [B, D]: ``cd`` = α·distillation, ``ita`` = β·(CE(S, Y) +
+    CE(Sᵀ, Y)); ``prompt_ids`` [B] (equal ids = equal prompts) give ITA's targets.
+
+    ``contrastive``: S = 100·s_img·s_txtᵀ against S′ = 100·t_img·t_txtᵀ. ``image-only`` / ``text-only`` (the
+    released code): the student's matrix is S_mix = 100·s_img·t_txtᵀ (or 100·t_img·s_txtᵀ) for CD *and* ITA, and
+    the unused student side may be None. ``feature``: mean squared error over all B·D elements of the image and
+    the text features, ITA on S.
+    """
+    t_img, t_txt = t_img.detach(), t_txt.detach()  # the teacher's side never receives a gradient
+    own_img, own_txt = cfg.distill != "text-only", cfg.distill != "image-only"
+    img, txt = (s_img if own_img else t_img), (s_txt if own_txt else t_txt)
+    terms = {}
+    if cfg.cd:
+        if cfg.distill == "feature":
+            cd = feature_distillation(s_img, s_txt, t_img, t_txt)
+        else:
+            cd = contrastive_distillation(img, txt, t_img, t_txt, T=cfg.temperature)
+        terms["cd"] = cfg.alpha * cd
+    if cfg.ita and cfg.beta > 0:
+        dtype = torch.float64 if img.dtype == torch.float64 else torch.float32  # soft targets stay fp32 under bf16
+        if cfg.ita_target == "paper":
+            targets, smoothing = torch.eye(len(img), device=img.device, dtype=dtype), 0.0
+        else:
+            targets, smoothing = alignment_targets(prompt_ids).to(dtype), LABEL_SMOOTHING
+        a, b = image_text_alignment(img, txt, targets, smoothing)
+        terms["ita"] = cfg.beta * (a + b)
+    return terms
+
+
 class Gift(Method):
     name = "gift"
     uses_synthetic = True
     uses_anchor = True
 
     def begin_task(self, ctx: TaskContext) -> None:
+        """Build the teacher, then its features of the task's whole synthetic draw (fixed: decoded once, resize +
+        centre crop, no augmentation) and of the draw's distinct prompts, once, in batches; the teacher itself is
+        not kept. Steps look rows up (``teacher_features``): 1,000 teacher image forwards per task, not 64,000."""
+        teacher = self.make_teacher(ctx)
+        source = ctx.synthetic
+        ids, first = prompt_index(source.prompts)
+        self.prompt_ids = ids.to(ctx.device)
+        self.t_img = frozen.image_features(teacher, source.images, ctx.device, ctx.dist)
+        self.t_txt = frozen.text_features(teacher, source.tokens[first], ctx.device, ctx.dist)[self.prompt_ids]
+        self.fisher_grads: list[torch.Tensor | None] | None = None
+
+    def make_teacher(self, ctx: TaskContext):
         cfg = self.config
         if cfg.distill not in DISTILL:
             raise ValueError(f"unknown distillation {cfg.distill!r}; choose one of {', '.join(DISTILL)}")
         previous = {k: v.detach().clone() for k, v in ctx.student.state_dict().items()}
-        self.teacher = frozen_copy(ctx.student)
-        self.teacher.load_state_dict(teacher_state(cfg.teacher, ctx.initial_state, previous))
-        self.fisher_grads: list[torch.Tensor] | None = None
+        teacher = frozen_copy(ctx.student)
+        teacher.load_state_dict(teacher_state(cfg.teacher, ctx.initial_state, previous))
+        return teacher
+
+    def teacher_features(self, ctx: TaskContext, synth: SynthBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's (image, text) features [B, D] of the whole batch: rows of the task's cache."""
+        if synth.index is None:
+            raise ValueError("a GIFT replay batch must carry its rows of the task's draw (SynthBatch.index)")
+        return self.t_img[synth.index], self.t_txt[synth.index]
 
     def replay_terms(self, ctx: TaskContext, synth: SynthBatch) -> dict[str, torch.Tensor]:
         cfg = self.config
-        with torch.no_grad():
-            t_img = ctx.gather(encode_images(self.teacher, synth.images))
-            t_txt = ctx.gather(encode_texts(self.teacher, synth.tokens))
-        s_img, s_txt = ctx.features(synth.images, synth.tokens)
-        terms = {}
-        if cfg.cd:
-            if cfg.distill == "feature":
-                cd = feature_distillation(s_img, s_txt, t_img, t_txt)
-            else:  # image-only / text-only: the other student encoder is replaced by the teacher's
-                img = t_img if cfg.distill == "text-only" else s_img
-                txt = t_txt if cfg.distill == "image-only" else s_txt
-                cd = contrastive_distillation(img, txt, t_img, t_txt, T=cfg.temperature)
-            terms["cd"] = cfg.alpha * cd
-        if cfg.ita and cfg.beta > 0:
-            if cfg.ita_target == "paper":
-                targets, smoothing = torch.eye(len(synth.prompts), device=s_img.device), 0.0
-            else:
-                targets, smoothing = alignment_targets(synth.prompts, s_img.device), LABEL_SMOOTHING
-            a, b = image_text_alignment(s_img, s_txt, targets, smoothing)
-            terms["ita"] = cfg.beta * (a + b)
-        return terms
+        if not (cfg.cd or (cfg.ita and cfg.beta > 0)):
+            return {}
+        t_img, t_txt = self.teacher_features(ctx, synth)
+        # image-only / text-only: the other student tower is not run on this batch (it gets no gradient from it)
+        s_img, s_txt = ctx.features(synth.images if cfg.distill != "text-only" else None,
+                                    synth.tokens if cfg.distill != "image-only" else None)
+        return gift_terms(cfg, s_img, s_txt, t_img, t_txt, self.prompt_ids[synth.index])
 
     def after_replay_backward(self, ctx: TaskContext) -> None:
-        if self.config.awc:  # this step's ∇(α·CD + β·ITA), kept for F before CE's backward accumulates
-            self.fisher_grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-                                 for p in ctx.params]
+        if self.config.awc:  # this step's ∇(α·CD + β·ITA), kept for F before CE's backward accumulates;
+            # None marks a tensor that backward did not reach (F = 1e-6 there, as in the released code)
+            self.fisher_grads = [p.grad.detach().clone() if p.grad is not None else None for p in ctx.params]
 
     def adjust_gradients(self, ctx: TaskContext) -> dict[str, torch.Tensor]:
         if not self.config.awc:
@@ -90,10 +128,10 @@ class Gift(Method):
             return {}
         if self.fisher_grads is None:
             return {}
-        scales = fisher_scales(self.fisher_grads, normalize=self.config.fisher_norm)
-        penalty = add_awc_gradient(ctx.params, ctx.anchors, self.fisher_grads, scales, self.config.lam)
+        penalty = add_awc_gradient(ctx.params, ctx.anchors, self.fisher_grads, self.config.lam,
+                                   normalize=self.config.fisher_norm)
         self.fisher_grads = None
         return {"awc": penalty}
 
     def end_task(self, ctx: TaskContext) -> None:
-        del self.teacher
+        del self.t_img, self.t_txt, self.prompt_ids

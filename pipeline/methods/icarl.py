@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.datasets import catalog
 from pipeline.evaluation.evaluate import Transformed
-from pipeline.models import encode_images, encode_texts, eval_resize, normalize_uint8
+from pipeline.models import encode_images, eval_resize, normalize_uint8
 from pipeline.models import tokenizer as clip_tokenizer
 from shards.layout import atomic_write_bytes
 
+from . import frozen
 from .base import Method, SynthBatch, TaskContext, frozen_copy
 from .lwf import distill_on_teacher_texts
 
@@ -75,11 +76,8 @@ class ICaRL(Method):
             self.entries = {t: {int(c): ids for c, ids in by_class.items()} for t, by_class in raw.items()}
         self.teacher = frozen_copy(ctx.student)
         prompts = [catalog.get_task(t).prompt(c) for t in self.entries for c in range(catalog.get_task(t).num_classes)]
-        self.texts = None
-        if prompts:
-            with torch.no_grad():
-                self.texts = torch.cat([encode_texts(self.teacher, tok.to(ctx.device))
-                                        for tok in clip_tokenizer()(prompts).split(256)])
+        self.texts = frozen.text_features(self.teacher, clip_tokenizer()(prompts), ctx.device,
+                                          ctx.dist) if prompts else None
 
     def replay_stream(self, ctx: TaskContext):
         if not self.entries:

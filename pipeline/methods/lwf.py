@@ -3,7 +3,9 @@ replayed images are the current task's own training images (evaluation transform
 prompts, encoded once by the teacher. Logits = 100·image features × teacher text features, for the student
 (its image features) and the teacher (its own); distillation on rows and columns, T = 2.
 
-``lwf-vr`` replaces the texts by random 10-token "sentences" (fixed by the seed).
+``lwf-vr`` replaces the texts by random 10-token "sentences" (fixed by the seed) of ids drawn over the whole
+vocabulary, 0..49407, as the reference's ``virtual_vocab`` draws them (so a sentence may hold the start or end
+id itself; CLIP reads its feature where open_clip does, at the first largest id).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import torch
 
 from pipeline.datasets import catalog
-from pipeline.models import encode_images, encode_texts, eval_resize
+from pipeline.models import encode_images, eval_resize
 from pipeline.models import tokenizer as clip_tokenizer
 from pipeline.training.losses import contrastive_distillation
 
+from . import frozen
 from .base import Method, SynthBatch, TaskContext, frozen_copy
 
 SOT, EOT, VOCAB = 49406, 49407, 49408  # CLIP's BPE: start / end of text, vocabulary size
@@ -29,11 +32,12 @@ def distill_on_teacher_texts(ctx: TaskContext, teacher, images: torch.Tensor, te
 
 
 def random_sentences(n: int, length: int, seed: int) -> torch.Tensor:
-    """``n`` token sequences [n, 77] of ``length`` random vocabulary ids between start and end tokens."""
+    """``n`` token sequences [n, 77]: start id, ``length`` ids drawn uniformly over the whole vocabulary
+    (0..49407, end id included), end id, zeros."""
     g = torch.Generator().manual_seed(seed)
     tokens = torch.zeros(n, 77, dtype=torch.long)
     tokens[:, 0] = SOT
-    tokens[:, 1 : length + 1] = torch.randint(0, SOT, (n, length), generator=g)
+    tokens[:, 1 : length + 1] = torch.randint(0, VOCAB, (n, length), generator=g)
     tokens[:, length + 1] = EOT
     return tokens
 
@@ -43,8 +47,7 @@ class LwF(Method):
 
     def begin_task(self, ctx: TaskContext) -> None:
         self.teacher = frozen_copy(ctx.student)
-        with torch.no_grad():
-            self.texts = torch.cat([encode_texts(self.teacher, t.to(ctx.device)) for t in self.text_tokens(ctx).split(256)])
+        self.texts = frozen.text_features(self.teacher, self.text_tokens(ctx), ctx.device, ctx.dist)  # once per task
 
     def text_tokens(self, ctx: TaskContext) -> torch.Tensor:
         spec = catalog.get_task(ctx.task)

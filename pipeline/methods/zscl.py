@@ -1,22 +1,34 @@
-"""ZSCL as the reference code runs it: the teacher is the initial CLIP; every step distils on a batch of real
-reference images (an ImageFolder; ImageNet train in the paper) against a batch of reference captions (a
-text file, one per line), with the teacher's text features on both sides, rows and columns, T = 2; plus the
-l2 penalty towards θ(t−1); and a weight ensemble: ens ← (ens·n + θ)/(n+1) over the weights at the task's
-start and after every ``ensemble_every`` steps. The ensemble is the model kept at the task's end.
+"""ZSCL as the reference code runs it: the teacher is the initial CLIP; every step distils a batch of real
+reference images (an ImageFolder; ImageNet train in the paper) against **all** reference captions (a text file,
+one per line; ≈13-16k Conceptual Captions lines in the paper), with the teacher's text features on both sides:
+logits B × N, rows and columns, T = 2; plus the l2 penalty towards θ(t−1); and a weight ensemble:
+ens ← (ens·n + θ)/(n+1) over the weights at the task's start and after every ``ensemble_every`` steps. The
+ensemble is the model kept at the task's end.
+
+The reference re-encodes all N captions at every step; they are the same every step of every task (the teacher
+never changes), so here they are encoded once per run and kept on the device and in the run directory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 
-from pipeline.models import encode_texts, eval_resize
+from pipeline.models import eval_resize
 from pipeline.models import tokenizer as clip_tokenizer
 from pipeline.training.losses import add_l2_gradient
+from shards.layout import atomic_write_bytes, spec_hash
 
+from . import frozen
 from .base import Method, SynthBatch, TaskContext, frozen_copy
 from .lwf import distill_on_teacher_texts
+
+log = logging.getLogger("gift.zscl")
 
 
 class ReferenceDataError(ValueError):
@@ -70,18 +82,46 @@ class Ensemble:
         torch._foreach_copy_(params, self.mean)
 
 
-class _Captions:
-    """Batches of captions from a seeded stream (same on every rank): the whole batch's token ids, tokenised
-    per batch (a caption file can hold millions)."""
+CACHE_FORMAT = "gift-zscl-captions/1"
 
-    def __init__(self, captions: list[str], batch: int, seed: int):
-        from pipeline.training.replay import IndexStream
 
-        self.captions, self.tokenize = captions, clip_tokenizer()
-        self.stream = IndexStream(len(captions), batch, torch.Generator().manual_seed(seed))
+def text_tower_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of every text-tower tensor of a CLIP state dict (names, dtypes, shapes, bytes): what, besides the
+    captions, defines their features."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        if name.startswith(("visual.", "logit_")):
+            continue
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.flatten().view(torch.uint8).numpy())
+    return h.hexdigest()
 
-    def next(self) -> torch.Tensor:
-        return self.tokenize([self.captions[i] for i in self.stream.next_global()[0].tolist()])
+
+def caption_features(teacher: torch.nn.Module, teacher_state: dict[str, torch.Tensor], path: str,
+                     ctx: TaskContext) -> torch.Tensor:
+    """The teacher's L2-normalised features [N, D] of every reference caption, on the device, computed once per
+    run: in batches without gradients (each rank a share, gathered), then kept in the run directory under a name
+    keyed by the caption file's sha256 and the teacher's text tower, written under a temporary name and renamed
+    (by rank 0), so a resumed run reads them back instead of encoding again. Every rank holds the whole matrix.
+    """
+    raw = Path(path).expanduser().read_bytes()
+    key = {"format": CACHE_FORMAT, "captions_sha256": hashlib.sha256(raw).hexdigest(),
+           "text_tower_sha256": text_tower_digest(teacher_state)}
+    cache = Path(ctx.run_dir) / f"zscl-captions-{spec_hash(key)[:16]}.safetensors" if ctx.run_dir else None
+    captions = read_captions(path)
+    if cache is not None and ctx.dist.all_true(cache.is_file(), ctx.device):  # every rank reads the same file
+        with safe_open(str(cache), "pt") as f:
+            texts = f.get_tensor("texts") if f.metadata() == {k: str(v) for k, v in key.items()} else None
+        if texts is not None and len(texts) == len(captions):
+            log.info("zscl: the teacher's features of %d captions read from %s", len(texts), cache)
+            return texts.to(ctx.device)
+    log.info("zscl: encoding %d reference captions with the initial CLIP (once per run)", len(captions))
+    texts = frozen.text_features(teacher, clip_tokenizer()(captions), ctx.device, ctx.dist)
+    if cache is not None and ctx.dist.main:
+        atomic_write_bytes(cache, save({"texts": texts.float().cpu().contiguous()},
+                                       metadata={k: str(v) for k, v in key.items()}))
+    return texts
 
 
 class ZSCL(Method):
@@ -98,10 +138,9 @@ class ZSCL(Method):
     def begin_task(self, ctx: TaskContext) -> None:
         self.teacher = frozen_copy(ctx.student)
         self.teacher.load_state_dict(ctx.initial_state)
-        if not hasattr(self, "reference"):  # read once per run, not per task
-            self.caption_list = read_captions(self.config.reference_texts)
+        if not hasattr(self, "reference"):  # once per run, not per task: the teacher is always the initial CLIP
             self.reference = reference_folder(self.config.reference_images)
-        self.captions = _Captions(self.caption_list, self.config.synthetic_batch, ctx.replay_seed + 1)
+            self.texts = caption_features(self.teacher, ctx.initial_state, self.config.reference_texts, ctx)
         self.ensemble = Ensemble(ctx.params)
 
     def replay_stream(self, ctx: TaskContext):
@@ -111,10 +150,9 @@ class ZSCL(Method):
                            self.config.synthetic_batch, ctx.replay_seed, ctx.dist, ctx.device, workers=ctx.workers)
 
     def replay_terms(self, ctx: TaskContext, batch: SynthBatch) -> dict[str, torch.Tensor]:
-        tokens = self.captions.next()
-        with torch.no_grad():  # each rank encodes its share of the captions
-            texts = ctx.gather(encode_texts(self.teacher, tokens[ctx.dist.shard(len(tokens))].to(ctx.device)))
-        return {"zscl": self.config.alpha * distill_on_teacher_texts(ctx, self.teacher, batch.images, texts,
+        """Logits 100·image features × every caption's teacher feature, [B, N]: rows (each image over all
+        captions) and columns (each caption over the B images), T = 2."""
+        return {"zscl": self.config.alpha * distill_on_teacher_texts(ctx, self.teacher, batch.images, self.texts,
                                                                      self.config.temperature)}
 
     def adjust_gradients(self, ctx: TaskContext) -> dict[str, torch.Tensor]:

@@ -40,14 +40,22 @@ def contrastive_distillation(s_img: torch.Tensor, s_txt: torch.Tensor, t_img: to
 
 
 def feature_distillation(s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt: torch.Tensor) -> torch.Tensor:
-    """The paper's "feature distance" ablation: Σ_d (s−t)² per sample, averaged over B, image + text."""
-    return (s_img - t_img.detach()).pow(2).sum(1).mean() + (s_txt - t_txt.detach()).pow(2).sum(1).mean()
+    """The paper's "feature distance" ablation as the released code runs it: the mean squared difference over
+    all B·D elements of the image features plus the same for the text features (``F.mse_loss``), [B,D] each."""
+    return F.mse_loss(s_img, t_img.detach()) + F.mse_loss(s_txt, t_txt.detach())
 
 
-def alignment_targets(prompts: Sequence[str], device: torch.device | None = None) -> torch.Tensor:
-    """Y[i,j] = 1[prompt_i = prompt_j] / #{k: prompt_k = prompt_i}  [B,B]; the identity when prompts differ."""
-    ids = {p: k for k, p in enumerate(dict.fromkeys(prompts))}
-    index = torch.tensor([ids[p] for p in prompts], device=device)
+def alignment_targets(prompts: Sequence[str] | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """Y[i,j] = 1[prompt_i = prompt_j] / #{k: prompt_k = prompt_i}  [B,B]; the identity when prompts differ.
+
+    ``prompts`` are strings, or one integer id per prompt [B] (equal ids = equal prompts), which may already be
+    on the device: then nothing travels from the host.
+    """
+    if isinstance(prompts, torch.Tensor):
+        index = prompts
+    else:
+        ids = {p: k for k, p in enumerate(dict.fromkeys(prompts))}
+        index = torch.tensor([ids[p] for p in prompts], device=device)
     same = (index[:, None] == index[None, :]).float()
     return same / same.sum(dim=1, keepdim=True)
 
@@ -64,33 +72,48 @@ def image_text_alignment(s_img: torch.Tensor, s_txt: torch.Tensor, targets: torc
             F.cross_entropy(S.T, targets.T, label_smoothing=smoothing))
 
 
-def fisher_scales(grads: list[torch.Tensor], normalize: bool = True) -> list[float]:
-    """Per-tensor factor c_i so that F_i = c_i·g_i²: 1 / mean(g_i²) when normalising (the code), else 1.
+UNREACHED_FISHER = 1e-6  # F of a trained tensor the distillation backward does not reach (the released code)
 
-    One fused norm over all tensors and one host transfer per step, not a Python loop of reductions.
+
+def fisher_scales(grads: list[torch.Tensor], normalize: bool = True) -> torch.Tensor:
+    """Per-tensor factors c [n] (float64, on the gradients' device) so that F_i = c_i·g_i²: 1 / mean(g_i²) when
+    normalising (the code; 0 for an all-zero gradient), else 1.
+
+    One fused norm over all tensors; nothing is read back to the host.
     """
+    device = grads[0].device if grads else None
     if not normalize:
-        return [1.0] * len(grads)
-    norms = torch.stack(torch._foreach_norm(grads)).double()
-    numel = torch.tensor([g.numel() for g in grads], dtype=torch.float64, device=norms.device)
-    mean_sq = norms.pow(2) / numel
-    return torch.where(mean_sq > 0, 1.0 / mean_sq, torch.zeros_like(mean_sq)).tolist()
+        return torch.ones(len(grads), dtype=torch.float64, device=device)
+    mean_sq = torch.stack(torch._foreach_norm(grads)).double().pow(2)
+    torch._foreach_div_(list(mean_sq.unbind()), [float(g.numel()) for g in grads])  # host numbers: no transfer
+    return torch.where(mean_sq > 0, 1.0 / mean_sq, torch.zeros_like(mean_sq))
 
 
 @torch.no_grad()
-def add_awc_gradient(params: list[torch.Tensor], anchors: list[torch.Tensor], fisher_grads: list[torch.Tensor],
-                     scales: list[float], lam: float) -> torch.Tensor:
-    """Add ∇[λ·Σ F·(θ−θ₀)²] = 2λ·F·(θ−θ₀) to ``param.grad`` in place, F = scale·g² (detached).
+def add_awc_gradient(params: list[torch.Tensor], anchors: list[torch.Tensor],
+                     fisher_grads: list[torch.Tensor | None], lam: float, normalize: bool = True) -> torch.Tensor:
+    """Add ∇[λ·Σ F·(θ−θ₀)²] = 2λ·F·(θ−θ₀) to ``param.grad`` in place; returns λ·Σ F·(θ−θ₀)² as a 0-d tensor.
 
-    ``fisher_grads`` are the gradients of α·CD + β·ITA from this step (copied before the CE backward).
-    Returns the penalty value λ·Σ F·(θ−θ₀)² as a 0-d tensor (for logging). One temporary, u = g·(θ−θ₀):
-    grad += 2λ·c·g·u and the penalty is λ·Σ c·‖u‖², all with fused multi-tensor ops.
+    ``fisher_grads`` are this step's gradients g of α·CD + β·ITA (copied before the CE backward), None for a
+    tensor that backward did not reach. Reached tensors: F = c·g² (``fisher_scales``, detached); one temporary
+    u = g·(θ−θ₀), the penalty λ·Σ c·‖u‖², then grad += 2λ·g·(c·u), all fused multi-tensor ops with the scales
+    kept on the device. Unreached tensors: F = ``UNREACHED_FISHER`` everywhere, as in the released code.
     """
-    u = torch._foreach_sub(params, anchors)
-    torch._foreach_mul_(u, fisher_grads)
-    torch._foreach_addcmul_([p.grad for p in params], fisher_grads, u, [2.0 * lam * c for c in scales])
-    norms = torch.stack(torch._foreach_norm(u)).double()
-    return lam * (norms.pow(2) * torch.tensor(scales, dtype=torch.float64, device=norms.device)).sum()
+    reached = [i for i, g in enumerate(fisher_grads) if g is not None]
+    unreached = [i for i, g in enumerate(fisher_grads) if g is None]
+    penalty = torch.zeros((), dtype=torch.float64, device=params[0].device)
+    if reached:
+        ps, grads = [params[i] for i in reached], [fisher_grads[i] for i in reached]
+        scales = fisher_scales(grads, normalize)
+        u = torch._foreach_sub(ps, [anchors[i] for i in reached])
+        torch._foreach_mul_(u, grads)
+        penalty = penalty + lam * (torch.stack(torch._foreach_norm(u)).double().pow(2) * scales).sum()
+        torch._foreach_mul_(u, list(scales.to(u[0].dtype).unbind()))  # 0-d device tensors, broadcast per tensor
+        torch._foreach_addcmul_([p.grad for p in ps], grads, u, value=2.0 * lam)
+    if unreached:
+        penalty = penalty + add_l2_gradient([params[i] for i in unreached], [anchors[i] for i in unreached],
+                                            lam * UNREACHED_FISHER).double()
+    return penalty
 
 
 @torch.no_grad()

@@ -21,9 +21,10 @@ class SynthBatch:
     """A replayed batch: this rank's share of images (and tokens), the whole batch's prompts."""
 
     images: torch.Tensor  # normalised [b,3,S,S]
-    tokens: torch.Tensor | None  # [b,77] (None when a method replays images only)
+    tokens: torch.Tensor | None  # [b,L], L ≤ 77 (None when a method replays images only)
     prompts: list[str]  # the whole batch's prompts, in rank order (B of them; empty for images only)
     labels: torch.Tensor | None = None  # [b] where the images come from a labelled dataset
+    index: torch.Tensor | None = None  # [B] the whole batch's rows of the synthetic draw, on the device
 
 
 class IndexStream:
@@ -80,17 +81,28 @@ class Augmented(Dataset):
 
 
 class SyntheticStream:
-    """Batches of a task's synthetic draw (decoded once, in memory): images, their prompts' tokens, prompts."""
+    """Batches of a task's synthetic draw (decoded once): images, their prompts' tokens, prompts, and the batch's
+    rows of the draw (for the teacher's cached features). The draw moves to the device once (1,000 uint8 images
+    at 224² are 150 MB); a step then sends only its indices, without waiting for the device."""
 
     def __init__(self, source, batch: int, seed: int, dist: Dist, device: torch.device):
         self.source, self.dist, self.device = source, dist, device
         self.stream = IndexStream(len(source), batch, torch.Generator().manual_seed(seed), dist)
+        self.images, self.tokens = source.images.to(device), source.tokens.to(device)
 
     def next(self) -> SynthBatch:
         pick, _ = self.stream.next_global()
-        mine = pick[self.dist.shard(len(pick))]
-        return SynthBatch(normalize_uint8(self.source.images[mine].to(self.device)),
-                          self.source.tokens[mine].to(self.device), [self.source.prompts[i] for i in pick.tolist()])
+        index = _to_device(pick, self.device)
+        mine = index[self.dist.shard(len(pick))]
+        return SynthBatch(normalize_uint8(self.images[mine]), self.tokens[mine],
+                          [self.source.prompts[i] for i in pick.tolist()], index=index)
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device`` without a synchronisation (pinned, then copied asynchronously)."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 class ImageStream:
@@ -109,5 +121,6 @@ class ImageStream:
         if self._it is None:
             self._it = iter(self.loader)
         images, labels = next(self._it)
-        images = images.to(self.device, non_blocking=True)
-        return SynthBatch(images if self.normalized else normalize_uint8(images), None, [], labels.to(self.device))
+        images = images.to(self.device, non_blocking=True)  # pinned by the loader on CUDA: no synchronisation
+        return SynthBatch(images if self.normalized else normalize_uint8(images), None, [],
+                          labels.to(self.device, non_blocking=True))

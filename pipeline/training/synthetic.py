@@ -35,7 +35,8 @@ class SampleRef:
 
 @dataclass
 class SyntheticBatchSource:
-    """One task's synthetic draw in memory: uint8 images [N,3,S,S], token ids [N,77], prompts."""
+    """One task's synthetic draw in memory: uint8 images [N,3,S,S], token ids [N,L] (trimmed after the draw's
+    longest prompt, L ≤ 77), prompts."""
 
     images: torch.Tensor
     tokens: torch.Tensor

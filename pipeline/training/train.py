@@ -35,7 +35,7 @@ from pipeline.dist import Dist
 from pipeline.evaluation.evaluate import TestSet, evaluate_order
 from pipeline.methods import TaskContext, get_method
 from pipeline.methods.base import student_features
-from pipeline.models import ClipSpec, eval_resize, image_size, load_clip, train_transform
+from pipeline.models import ClipFeatures, ClipSpec, eval_resize, image_size, load_clip, train_transform
 from pipeline.models import tokenizer as clip_tokenizer
 from shards.errors import ShardSetError
 from shards.layout import spec_hash
@@ -43,7 +43,7 @@ from shards.layout import spec_hash
 from .config import TrainConfig, loader_workers, lr_at
 from .replay import ImageStream
 from .rundir import finish_task, prepare_run_dir
-from .step import run_step
+from .step import LossLog, run_step
 
 log = logging.getLogger("gift.train")
 
@@ -52,7 +52,8 @@ class Progress:
     """Hooks for the CLI's display; the default does nothing."""
 
     def start_task(self, index: int, task: str, steps: int) -> None: ...
-    def step(self, losses: dict[str, float]) -> None: ...
+    def step(self, losses: dict[str, float] | None) -> None:
+        """One step done; ``losses`` at the logged steps (every 10 and the last), None between them."""
     def end_task(self) -> None: ...
     def evaluated(self, index: int, task: str, row: list[float]) -> None: ...
 
@@ -186,13 +187,14 @@ def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tes
                     if test.cache is not None:
                         test.build()
             dist.barrier()
-        replica = None
+        # The student's training forward (trimmed text ids); DDP and torch.compile wrap it, not the bare CLIP.
+        student = ClipFeatures(model)
         if dist.world > 1 and method_cls.trains:
             # find_unused_parameters: ablations may leave a tower out of the replay loss (image-only, ...).
-            replica = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+            student = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=True)
-        student = replica if replica is not None else model
-        if config.compile and method_cls.trains:  # compiled once, reused by every task (same shapes)
+        if config.compile and method_cls.trains:  # compiled once for every task; text ids of a new width
+            # (trimmed per task) recompile once, then dynamo treats the width as dynamic
             student = torch.compile(student)
         method = method_cls(config)
         for index, task in enumerate(order):
@@ -239,7 +241,7 @@ def _train_task(config, index, task, model, student, dist, initial_state, method
     real = ImageStream(datasets[task], train_transform(size, uint8=True), config.batch_size, real_seed, dist, device,
                        workers=workers)
     spec = catalog.get_task(task)
-    class_tokens = tokenize([spec.prompt(c) for c in range(spec.num_classes)]).to(device)
+    class_tokens = tokenize([spec.prompt(c) for c in range(spec.num_classes)]).to(device)  # trimmed, once per task
     base_lr = config.lr_for(task)
     optimizer = torch.optim.AdamW(params, lr=base_lr, betas=(0.9, 0.999), weight_decay=config.weight_decay,
                                   fused=device.type == "cuda")
@@ -247,15 +249,17 @@ def _train_task(config, index, task, model, student, dist, initial_state, method
     progress.start_task(index, task, config.iterations)
     model.train()
     metrics = open(run_dir / "metrics.jsonl", "a") if dist.main else None
+    loss_log = LossLog(ctx)  # losses stay on the device between logged steps: no per-step synchronisation
     try:
         for step in range(config.iterations):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, base_lr, config.warmup, config.iterations)
-            losses = run_step(ctx, method, replay.next() if replay is not None else None, real.next(), class_tokens,
-                              optimizer, autocast, step=step)
+            loss_log.add(step, run_step(ctx, method, replay.next() if replay is not None else None, real.next(),
+                                        class_tokens, optimizer, autocast))
             method.after_step(ctx, step)
+            losses = loss_log.read(step) if loss_log.due(step, config.iterations) else None
             progress.step(losses)
-            if metrics and (step % 10 == 0 or step == config.iterations - 1):
+            if metrics and losses is not None:
                 record = {"task": task, "index": index, "step": step, "lr": optimizer.param_groups[0]["lr"], **losses}
                 metrics.write(json.dumps(record) + "\n")
                 tracker.metrics(record, index * config.iterations + step)
