@@ -33,7 +33,7 @@ def make_cifar10(root: Path, train=(0, 9, 3, 3, 7), test=(5, 0)) -> None:
         (base / name).write_bytes(pickle.dumps({"data": data, "labels": list(labels)}))
 
 
-def make_tinyimagenet(root: Path, per_class: int = 1, val=((0, 2), (199, 1), (5, 1))) -> Path:
+def make_tinyimagenet(root: Path, per_class: int = 1, val=tuple((label, 1) for label in range(200))) -> Path:
     """wnids.txt in the release's order, ``per_class`` 8x8 JPEGs under train/<wnid>/images, and val images of
     (label, count) annotated in val_annotations.txt. Returns the folder."""
     base = root / "tiny-imagenet-200"
@@ -54,12 +54,25 @@ def make_tinyimagenet(root: Path, per_class: int = 1, val=((0, 2), (199, 1), (5,
     return base
 
 
+def make_cifar100_full(root: Path, train_per_class: int = 1, test_per_class: int = 1) -> None:
+    """cifar-100-python/ with every class: image i of a split has a flat red plane (7·label + i) % 256."""
+    base = root / "cifar-100-python"
+    base.mkdir(parents=True)
+    names = list(catalog.cil_dataset_classnames("cifar100"))
+    (base / "meta").write_bytes(pickle.dumps({"fine_label_names": names, "coarse_label_names": ["x"] * 20}))
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        labels = [y for y in range(100) for _ in range(per_class)]
+        data = np.stack([np.concatenate([np.full(1024, (7 * y + i) % 256), np.full(1024, 1), np.full(1024, 200)])
+                         for i, y in enumerate(labels)]).astype(np.uint8)
+        (base / split).write_bytes(pickle.dumps({"data": data, "fine_labels": labels}))
+
+
 @pytest.fixture(scope="module")
 def cil_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cil")
     make_cifar10(root)
     make_cifar100(root)
-    make_tinyimagenet(root)
+    make_tinyimagenet(root, val=((0, 2), (199, 1), (5, 1)))
     return root
 
 

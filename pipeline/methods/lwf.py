@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.datasets import catalog
 from pipeline.models import encode_images, encode_texts, eval_resize
 from pipeline.models import tokenizer as clip_tokenizer
 from pipeline.training.losses import contrastive_distillation
@@ -47,7 +46,7 @@ class LwF(Method):
             self.texts = torch.cat([encode_texts(self.teacher, t.to(ctx.device)) for t in self.text_tokens(ctx).split(256)])
 
     def text_tokens(self, ctx: TaskContext) -> torch.Tensor:
-        spec = catalog.get_task(ctx.task)
+        spec = ctx.lookup(ctx.task)
         return clip_tokenizer()([spec.prompt(c) for c in range(spec.num_classes)])
 
     def replay_stream(self, ctx: TaskContext):
