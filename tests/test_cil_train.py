@@ -111,6 +111,31 @@ def test_an_interrupted_cil_run_resumes_to_the_uninterrupted_result(workspace):
     np.testing.assert_array_equal(s, t)
 
 
+@pytest.mark.parametrize("method", ["zeroshot", "finetune", "lwf", "lwf-vr", "icarl", "zscl", "gift"])
+def test_every_cil_baseline_runs_mini_cil(workspace, method):
+    """Table 7's methods through the CIL loop (2 steps per task): each logs its own term; iCaRL's memory holds the
+    steps' classes, cut back as classes arrive; the distillation weight is the setting's 5 for LwF / ZSCL."""
+    from tests.test_methods import _captions
+
+    root, _ = workspace
+    extra = {"icarl": dict(memory_size=20),
+             "zscl": dict(reference_images=str(root / "reference"), reference_texts=str(_captions(workspace)))}
+    config = mini_cil(workspace, method=method, name=f"cil-all-{method}", iterations=2, batch_size=16,
+                      synthetic_batch=16, **extra.get(method, {}))
+    assert config.alpha == (5.0 if method in ("lwf", "lwf-vr", "zscl") else 1.0)
+    acc, seen = load(train(config, device=CPU))
+    assert acc.shape == (5, 5) and len(seen) == 5 and ((seen >= 0) & (seen <= 100)).all()
+    run_dir = root / "runs" / f"cil-all-{method}"
+    if method != "zeroshot":
+        logged = set().union(*(json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()))
+        own = {"lwf": "lwf", "lwf-vr": "lwf", "zscl": "zscl", "icarl": "icarl", "gift": "awc"}
+        assert own.get(method, "ce") in logged, logged
+    if method == "icarl":  # 6 classes seen after 3 steps: 20 // 6 = 3 exemplars each
+        memory = json.loads((run_dir / "icarl-memory-task03.json").read_text())
+        assert set(memory) == {"mini-cil/01", "mini-cil/02", "mini-cil/03"}
+        assert all(len(ids) == 3 for by_class in memory.values() for ids in by_class.values())
+
+
 def test_gift_keeps_earlier_classes_better_than_finetune(workspace):
     """mini-cil (digits in 5 steps of 2, replay sets of real held-out digits): after each step, the accuracy on the
     classes of earlier steps (one head over every seen class) is clearly higher with GIFT than with finetune."""
