@@ -206,3 +206,16 @@ def test_pool_draws_by_hand_and_default_images_per_class():
     assert sum(n * catalog.get_task(t).num_classes for t, n in per_class.items()) == 23590  # stated in the README
     assert catalog.get_task("cil-tinyimagenet").prompt(0) == "a photo of a Egyptian Mau."
     assert catalog.get_task("cil-cifar100").prompt(1) == "a photo of a aquarium fish."
+
+
+def test_stage_one_renders_the_cil_sets_with_the_existing_machinery():
+    import torch
+
+    from pipeline.generation.generate import plan, resolve_spec
+
+    spec = resolve_spec("cil-tinyimagenet", model="tiny", device=torch.device("cpu"))
+    assert spec.per_class == 49
+    rows = plan(spec)
+    assert len(rows) == 200 * 49 and rows[0].prompt == "a photo of a Egyptian Mau." and rows[49].class_index == 1
+    base = plan(resolve_spec("cil-base", model="tiny", per_class=1, device=torch.device("cpu")))
+    assert [r.prompt for r in base[:2]] == ["a photo of a tench.", "a photo of a junco."]

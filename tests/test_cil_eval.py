@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline.datasets import catalog
 from pipeline.evaluation import evaluate as ev
-from pipeline.evaluation.cil import SeenClassEvaluation
+from pipeline.evaluation.cil import SeenClassEvaluation, step_counts, step_result
 from pipeline.evaluation.cil_report import published_cil, published_for_method, write_cil_report
 from pipeline.evaluation.metrics import summarize_cil
 from pipeline.models import ClipSpec, encode_images, encode_texts, eval_resize, load_clip, normalize_uint8, tokenizer
@@ -81,6 +81,18 @@ def test_report_sets_ours_beside_the_published_row(tmp_path):
     assert table_row(md, "GIFT (published, Tab. 8)") == ["GIFT (published, Tab. 8)", "81.16", "77.04"]
     assert table_row(md, "Δ") == ["Δ", "-1.2 ⚠", "-2.0 ⚠"]
     assert "| Method | 5 steps Avg | 5 steps Last |" in md  # TinyImageNet counts the steps after the base
+
+
+def test_step_counts_from_any_predictor():
+    """Predictions of original labels -> per-step (correct, images) and the row: what CLTS's router + heads reuse."""
+    setting = catalog.get_setting("seq-cifar10")  # steps (0, 1), (2, 3), ...
+    truth = torch.tensor([0, 1, 2, 3, 3, 9])
+    predicted = torch.tensor([0, 0, 2, 1, 3, 9])
+    counts = step_counts(predicted, truth, setting, 1)  # after step 2: label 9 is not seen yet, ignored
+    assert counts.tolist() == [[1.0, 2.0], [2.0, 3.0]]
+    result = step_result(counts, setting, 1)
+    assert result.row[:2] == [50.0, pytest.approx(200 / 3)] and all(math.isnan(v) for v in result.row[2:])
+    assert result.extra["seen"] == 60.0  # 3 of 5 seen images
 
 
 def test_seen_class_evaluation_is_one_head_over_every_seen_class(tmp_path):

@@ -199,7 +199,13 @@ def test_cli_bad_input(tmp_path, workspace):
     (tmp_path / "pool").mkdir()
     r = run_gift("train", "--order", "mini-cil", "--method", "gift", "--shards", tmp_path / "pool", "--name", "nopool",
                  *common)
-    assert r.returncode == 2 and "make generate TASK=mini-cil-base" in r.stderr
+    assert r.returncode == 2 and "make generate TASK=mini-cil-base" in " ".join(r.stderr.split())
+    tiny = make_tinyimagenet(tmp_path / "partial")
+    (tiny / "wnids.txt").write_text("\n".join((tiny / "wnids.txt").read_text().split()[:150]) + "\n")
+    r = run_gift("train", "--order", "tinyimagenet-5", "--data-root", tmp_path / "partial", *common)
+    err = " ".join(r.stderr.split())
+    assert r.returncode == 2 and "found 150 classes, expected 200 (partial download or extraction?)" in err
+    assert "val/val_annotations.txt" in err  # the expected layout
     assert not runs.exists()  # nothing was created by any of these
 
 

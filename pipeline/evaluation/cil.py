@@ -35,6 +35,34 @@ class StepResult:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+def _step_of(setting: CilSetting, k: int) -> torch.Tensor:
+    """[C] long: the step (0..k) of every original label seen by step k, -1 for the others."""
+    step_of = torch.full((len(setting.classnames),), -1, dtype=torch.long)
+    for j, step in enumerate(setting.steps[: k + 1]):
+        step_of[list(step)] = j
+    return step_of
+
+
+def step_counts(predicted: torch.Tensor, truth: torch.Tensor, setting: CilSetting, k: int) -> torch.Tensor:
+    """(correct, images) per step 0..k as a [2, k+1] float64 tensor, from predicted original labels ``predicted`` [n]
+    of test images whose original labels are ``truth`` [n]; images of classes not seen by step k are ignored.
+
+    Any predictor of the seen classes fits (CLIP's seen-class head here; CLTS's router and task heads)."""
+    step = _step_of(setting, k)[truth]
+    keep = step >= 0
+    counts = torch.zeros(2, k + 1, dtype=torch.float64)
+    counts[0].index_add_(0, step[keep], (predicted[keep] == truth[keep]).double())
+    counts[1].index_add_(0, step[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
+    return counts
+
+
+def step_result(counts: torch.Tensor, setting: CilSetting, k: int) -> StepResult:
+    """Counts [2, k+1] (summed over ranks) -> the step-matrix row (NaN for steps after k) and ``seen`` = acc_k."""
+    per_step = (100.0 * counts[0] / counts[1].clamp(min=1)).tolist()
+    return StepResult(per_step + [math.nan] * (len(setting.sizes) - k - 1),
+                      {"seen": 100.0 * float(counts[0].sum()) / max(1.0, float(counts[1].sum()))})
+
+
 class SeenClassEvaluation:
     """Callable ``(model, k) -> StepResult`` for one CIL setting over its dataset's test split (original labels).
 
@@ -85,13 +113,9 @@ class SeenClassEvaluation:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, k: int) -> StepResult:
-        steps = self.setting.steps
         seen = self.setting.seen(k)
         _, labels = self.test.tensors()
-        step_of = torch.full((len(self.setting.classnames),), -1, dtype=torch.long)
-        for j, step in enumerate(steps[: k + 1]):
-            step_of[list(step)] = j
-        chosen = torch.nonzero(step_of[labels] >= 0).flatten().numpy()
+        chosen = torch.nonzero(_step_of(self.setting, k)[labels] >= 0).flatten().numpy()
         mine = chosen[self.dist.shard(len(chosen))]
         was_training = model.training
         model.eval()
@@ -100,13 +124,8 @@ class SeenClassEvaluation:
             head = self._head(model, seen)  # [S, D]: seen classes in class order
             logits = LOGIT_SCALE * self._features(model, mine) @ head.float().T
             predicted = torch.tensor(seen)[logits.argmax(dim=1).cpu()]  # back to original labels
-            truth = labels[torch.from_numpy(mine)]
-            step = step_of[truth]
-            counts[0].index_add_(0, step, (predicted == truth).double())
-            counts[1].index_add_(0, step, torch.ones(len(step), dtype=torch.float64))
+            counts = step_counts(predicted, labels[torch.from_numpy(mine)], self.setting, k)
         model.train(was_training)
         if self.dist.world > 1:
             counts = self.dist.all_reduce(counts.to(self.device)).cpu()
-        per_step = (100.0 * counts[0] / counts[1].clamp(min=1)).tolist()
-        row = per_step + [math.nan] * (len(steps) - k - 1)
-        return StepResult(row, {"seen": 100.0 * float(counts[0].sum()) / max(1.0, float(counts[1].sum()))})
+        return step_result(counts, self.setting, k)
