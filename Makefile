@@ -25,19 +25,22 @@ ORDER ?= II
 METHOD ?= gift
 DATA ?= data
 TRAIN_ARGS ?=
-# table
-METHODS ?= comparison
+# table (METHODS empty: comparison for MTIL orders, cil = Tab. 7 / 8's CLIP rows for CIL settings)
+METHODS ?=
 TABLE_ARGS ?=
-# ORDER=mini: the demo's tiny CLIP, reference pool sets and settings, so its finetune and gift runs are reused
-MINI_ARGS = --runs demo-out/runs --shards demo-out/shards --clip tiny --clip-weights demo-out/tiny-clip-pretrained.safetensors \
-            --iterations 200 --batch-size 32 --synthetic-batch 32 --synthetic-budget 96 --warmup 10 --workers 0
+# ORDER=mini / mini-cil: the demo's tiny CLIP, reference pool sets and settings, so its finetune and gift runs are reused
+MINI_COMMON = --runs demo-out/runs --shards demo-out/shards --clip tiny --clip-weights demo-out/tiny-clip-pretrained.safetensors \
+              --batch-size 32 --synthetic-batch 32 --synthetic-budget 96 --workers 0
+MINI_ARGS = $(MINI_COMMON) $(if $(filter mini,$(ORDER)),--iterations 200 --warmup 10)
+IS_MINI = $(filter mini mini-cil,$(ORDER))
+DEFAULT_GROUP = $(if $(filter I II mini,$(ORDER)),comparison,cil)
 # sharing: STORE is a directory (shared/NFS mount), ssh://[user@]host[:port]/path, https://... (read-only), any fsspec URL
 STORE ?=
 SET ?=
 GEN_ARGS = --model $(MODEL) --out $(OUT) --steps $(STEPS) --guidance $(GUIDANCE) --batch-size $(BATCH) --gpus $(GPUS) \
            $(if $(PER_CLASS),--per-class $(PER_CLASS)) $(if $(CAPTIONS),--captions $(CAPTIONS)) $(GENERATE_ARGS)
 
-.PHONY: help install test lint demo generate caption tasks shards-ls verify push pull store-ls train table data-check bench bench-generate clean-demo
+.PHONY: help install test lint demo generate caption tasks settings shards-ls verify push pull store-ls train table data-check bench bench-generate clean-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -45,7 +48,8 @@ help: ## List the targets
 	@echo "  caption:  TASK=$(TASK) DATA=$(DATA) CAPTIONS_OUT=$(CAPTIONS_OUT) CAPTION_ARGS='$(CAPTION_ARGS)'"
 	@echo "  train:    ORDER=$(ORDER) METHOD=$(METHOD) DATA=$(DATA) OUT=$(OUT) TRAIN_ARGS='$(TRAIN_ARGS)'"
 	@echo "  sharing:  STORE=<dir | ssh://host/path | https://...> SET=<OUT or OUT/<task>/<hash> (push), STORE/<task>/<hash> (pull)>"
-	@echo "  table:    ORDER=$(ORDER) METHODS=$(METHODS) (presets/groups: gift table --list) DATA=$(DATA) OUT=$(OUT) TABLE_ARGS='$(TABLE_ARGS)'"
+	@echo "  table:    ORDER=$(ORDER) METHODS=$(or $(METHODS),<comparison; CIL: cil>) (presets/groups: gift table --list [--order O]) DATA=$(DATA) OUT=$(OUT) TABLE_ARGS='$(TABLE_ARGS)'"
+	@echo "  ORDER:    I | II | mini (MTIL), or a CIL setting: cifar100-10|20|50, tinyimagenet-5|10|20, seq-cifar10|100, seq-tinyimg, mini-cil (make settings)"
 
 $(BIN)/gift: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -67,6 +71,9 @@ demo: $(BIN)/gift ## The pipeline end to end on tiny built-in models, on CPU
 
 tasks: $(BIN)/gift ## List tasks, class counts, default images per class and prompt templates
 	$(GIFT) tasks
+
+settings: $(BIN)/gift ## List the class-incremental settings: dataset, steps, classes per step, class order, pool sets
+	$(GIFT) settings
 
 generate: $(BIN)/gift ## Render TASK (or the captions of CAPTIONS=<set>) into OUT/<task>/<spec-hash>/ (MODEL=sd15|tiny|reference:DIR|PATH)
 	$(GIFT) generate $(TASK) $(GEN_ARGS)
@@ -92,16 +99,16 @@ pull: $(BIN)/gift ## Fetch SET=STORE/<task>/<hash> into OUT, checking every sha2
 verify: $(BIN)/gift ## Verify every set under OUT (checksums and every sample)
 	@set -e; for m in $(OUT)/*/*/manifest.json; do $(GIFT) shards verify $$(dirname $$m); done
 
-train: $(BIN)/gift ## Continual fine-tuning over ORDER (I|II|mini) with METHOD, data from DATA, sets from OUT
+train: $(BIN)/gift ## Continual fine-tuning over ORDER (I|II|mini or a CIL setting) with METHOD, data from DATA, sets from OUT
 	$(GIFT) train --order $(ORDER) --method $(METHOD) --data-root $(DATA) --shards $(OUT) $(TRAIN_ARGS)
 
-table: $(BIN)/gift $(if $(filter mini,$(ORDER)),demo-out/tiny-clip-pretrained.safetensors) ## Run METHODS over ORDER where not finished -> runs/table-ORDER.md/.csv/.png (mini: under demo-out/)
-	$(GIFT) table --order $(ORDER) --methods $(METHODS) $(if $(filter mini,$(ORDER)),$(MINI_ARGS),--data-root $(DATA) --shards $(OUT)) $(TABLE_ARGS)
+table: $(BIN)/gift $(if $(IS_MINI),demo-out/tiny-clip-pretrained.safetensors) ## Run METHODS over ORDER where not finished -> runs/table-ORDER.md/.csv/.png (mini, mini-cil: under demo-out/)
+	$(GIFT) table --order $(ORDER) --methods $(or $(METHODS),$(DEFAULT_GROUP)) $(if $(IS_MINI),$(MINI_ARGS),--data-root $(DATA) --shards $(OUT)) $(TABLE_ARGS)
 
 demo-out/tiny-clip-pretrained.safetensors: | $(BIN)/gift
 	$(GIFT) demo --out demo-out
 
-data-check: $(BIN)/gift ## Which MTIL datasets are present under DATA, and how to get the missing ones
+data-check: $(BIN)/gift ## Which MTIL and CIL datasets are present under DATA, and how to get the missing ones
 	$(GIFT) data check --data-root $(DATA)
 
 bench: $(BIN)/gift ## Every benchmark (generation, training step, data, evaluation) -> BENCHMARKS.md (CPU < 15 min)

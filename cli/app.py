@@ -33,7 +33,29 @@ def tasks() -> None:
     for name in catalog.task_names():
         task = catalog.get_task(name)
         table.add_row(name, str(task.num_classes), str(catalog.default_per_class(name)), task.prompt_template)
+    table.add_section()
+    for name in catalog.CIL_POOL_TASKS:  # the CIL replay pool's sets (`gift settings`)
+        if name not in catalog.MINI_TASKS:
+            task = catalog.get_task(name)
+            table.add_row(name, str(task.num_classes), str(catalog.default_per_class(name)), task.prompt_template)
     out.print(table)
+
+
+@app.command()
+def settings() -> None:
+    """List every class-incremental setting (`--order`): dataset, steps, classes per step, class order, pool sets."""
+    from pipeline.datasets import catalog
+
+    table = Table("setting", "dataset", "steps", "classes per step", "class order", "first step's classes",
+                  "GIFT replay sets")
+    for name, s in catalog.cil_settings().items():
+        sizes = f"{s.sizes[0]}" if len(set(s.sizes)) == 1 else f"{s.sizes[0]} then {s.sizes[1]}"
+        first = ", ".join(s.classnames[y] for y in s.steps[0][:4]) + (", ..." if len(s.steps[0]) > 4 else "")
+        order = "natural" if s.natural else ", ".join(map(str, s.class_order[:4])) + ", ..."
+        table.add_row(name, s.dataset, str(len(s.sizes)), sizes, order, first, f"{s.base} + {s.pool_task}")
+    out.print(table)
+    out.print('CE and evaluation prompt: "a bad photo of a {}."; evaluation after each step: every seen class, one '
+              "head, no task id. Another class order: gift train --class-order FILE.")
 
 
 app.command()(generate)

@@ -1,7 +1,9 @@
-"""``gift data ...``: inspect the 11 MTIL datasets under one data root (register with ``app.add_typer(data_app, name="data")``)."""
+"""``gift data ...``: inspect the MTIL and CIL datasets under one data root (register with
+``app.add_typer(data_app, name="data")``)."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -9,24 +11,31 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.datasets.mtil import CheckResult, check
+from pipeline.datasets import cil, mtil
+from pipeline.datasets.mtil import CheckResult
 
 data_app = typer.Typer(
     no_args_is_help=True,
-    help="The 11 MTIL datasets on disk: one data root, torchvision's folder layouts, nothing downloaded.",
+    help="The MTIL and CIL datasets on disk: one data root, their own folder layouts, nothing downloaded.",
 )
+
+
+class Benchmark(str, Enum):
+    all = "all"
+    mtil = "mtil"
+    cil = "cil"
 
 _STATUS_STYLE = {"found": "green", "missing": "yellow", "broken": "bold red"}
 
 
 @data_app.callback()
 def _data() -> None:
-    """The 11 MTIL datasets on disk: one data root, torchvision's folder layouts, nothing downloaded."""
+    """The MTIL and CIL datasets on disk: one data root, their own folder layouts, nothing downloaded."""
     # A callback keeps `check` a named sub-command even while it is the group's only command.
 
 
 def _table(root: Path, results: list[CheckResult]) -> Table:
-    table = Table(title=f"MTIL datasets under {escape(str(root))}")
+    table = Table(title=f"datasets under {escape(str(root))}")
     for column in ("dataset", "status", "train", "test", "folder"):
         table.add_column(column, justify="right" if column in ("train", "test") else "left")
     for r in results:
@@ -52,9 +61,14 @@ def _print_problem(out: Console, r: CheckResult) -> None:
 @data_app.command("check")
 def check_cmd(
     data_root: Path = typer.Option(..., "--data-root", help="Root holding the datasets in torchvision's folders.", file_okay=False),
+    benchmark: Benchmark = typer.Option(Benchmark.all, help="Which datasets: all, mtil (the 11 MTIL datasets) or "
+                                        "cil (CIFAR10, CIFAR100, TinyImageNet)."),
 ) -> None:
-    """Report each MTIL dataset as found / missing / broken with its image counts; exit 1 unless all are found."""
-    results = check(data_root)
+    """Report each dataset as found / missing / broken with its image counts; exit 1 unless all are found."""
+    # CIFAR100's folder is MTIL's and CIL's: reported once
+    results = mtil.check(data_root, ["cifar100"] if benchmark is Benchmark.cil else mtil.MTIL_DATASETS)
+    if benchmark is not Benchmark.mtil:
+        results += cil.check(data_root)
     out = Console()
     out.print(_table(data_root, results))
     for r in results:

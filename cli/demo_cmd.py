@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -16,12 +17,13 @@ def demo(
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Where the demo's shard sets, runs and previews go."),
     iterations: int = typer.Option(200, help="Training steps per mini task."),
 ) -> None:
-    """The whole pipeline on CPU with tiny models: render, verify, train finetune and GIFT on `mini`, report."""
+    """The whole pipeline on CPU with tiny models: render, verify, train finetune and GIFT on `mini` (MTIL) and
+    `mini-cil` (class-incremental), report."""
     setup_logging()
     import torch
 
     from pipeline.datasets import mini
-    from pipeline.evaluation.metrics import summarize
+    from pipeline.evaluation.metrics import summarize, summarize_cil
     from pipeline.generation.generate import generate, resolve_spec
     from pipeline.training.config import TrainConfig
     from pipeline.training.train import train as run_train
@@ -32,7 +34,8 @@ def demo(
     with clean_errors():
         # Stage 1: the tiny SD pipeline renders a real task; the mini pool sets come from held-out real images.
         reference = mini.export_reference(out_dir / "mini-reference")
-        jobs = [("eurosat", "tiny", None)] + [(t, f"reference:{reference}", 32) for t in ("mini-base", "mini-a", "mini-b")]
+        jobs = [("eurosat", "tiny", None)] + [(t, f"reference:{reference}", 32) for t in
+                                              ("mini-base", "mini-a", "mini-b", "mini-cil-base", "mini-digits")]
         for task, model, size in jobs:
             spec = resolve_spec(task, model=model, per_class=4 if model == "tiny" else 16, steps=20, size=size,
                                 device=cpu)
@@ -58,8 +61,21 @@ def demo(
             import numpy as np
 
             summaries[method] = (summarize(np.load(run_dir / "acc_matrix.npy"), ["mini-a", "mini-b", "mini-c"]), run_dir)
-    table = Table("method", "Transfer", "Avg.", "Last", "run")
+        # Class-incremental: the ten digits in 5 steps of 2, one head over every seen class after each step.
+        cil = {}
+        for method in ("finetune", "gift"):
+            config = TrainConfig(order="mini-cil", method=method, runs=str(out_dir / "runs"),
+                                 shards=str(out_dir / "shards"), clip_arch="tiny", clip_weights=str(weights),
+                                 batch_size=32, synthetic_batch=32, synthetic_budget=96, workers=0)
+            run_dir = run_train(config, TrainProgress(), cpu)
+            state = json.loads((run_dir / "state.json").read_text())
+            cil[method] = (summarize_cil(state["seen"]), run_dir)
+    table = Table("method", "Transfer", "Avg.", "Last", "run", title="MTIL: order mini (3 tasks)")
     for method, (s, run_dir) in summaries.items():
         table.add_row(method, f"{s.transfer:.1f}", f"{s.avg:.1f}", f"{s.last:.1f}", f"{run_dir}/results.md")
+    out.print(table)
+    table = Table("method", "Avg.", "Last", "run", title="CIL: mini-cil (10 digits, 5 steps of 2)")
+    for method, (s, run_dir) in cil.items():
+        table.add_row(method, f"{s.avg:.1f}", f"{s.last:.1f}", f"{run_dir}/results.md")
     out.print(table)
     out.print(f"contact sheet of the tiny SD renders: {sheet}")

@@ -25,10 +25,10 @@ class OnOff(str, Enum):
 
 
 def generate(
-    task: str = typer.Argument(..., help="An MTIL dataset or `imagenet` (see `gift tasks`)."),
+    task: str = typer.Argument(..., help="An MTIL dataset, `imagenet`, or a CIL replay set: cil-base, cil-cifar100, cil-tinyimagenet, cil-cifar10 (see `gift tasks`)."),
     model: str = typer.Option("sd15", help="`sd15` (stable-diffusion-v1-5), `tiny` (random, CPU), `reference:DIR` (real images DIR/<class>/*.jpg), a Hub id, or a local diffusers directory."),
     out_dir: Path = typer.Option(Path("shards-out"), "--out", help="Root of shard sets; the set goes to OUT/<task>/<spec-hash>/."),
-    per_class: int = typer.Option(None, help="Images per class (default: enough for one MTIL order to draw each image about once; see `gift tasks`)."),
+    per_class: int = typer.Option(None, help="Images per class (default: enough for one MTIL order, or the CIL settings of at most 10 steps, to draw each image about once; see `gift tasks`)."),
     steps: int = typer.Option(50, help="Denoising steps."),
     guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
     scheduler: Scheduler = typer.Option(Scheduler.pndm, help="Sampler (pndm is SD v1.5's own, as in the released code)."),

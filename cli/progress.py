@@ -113,5 +113,6 @@ class TrainProgress:
         self.bar.stop()
 
     def evaluated(self, index: int, task: str, row: list[float]) -> None:
+        row = [a for a in row if a == a]  # a CIL row: the steps seen so far (NaN: not yet)
         out.print(f"[bold]after task {index + 1} ({task})[/]: " + "  ".join(f"{a:.1f}" for a in row)
                   + f"   mean {sum(row) / len(row):.1f}")

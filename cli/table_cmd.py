@@ -23,7 +23,9 @@ TABLE_HELP = (
     "each --runs path (or extra argument) is a run directory, or a folder of them.\n\n"
     "Every `gift train` option is accepted and applies to every run (see `gift train --help`); --method and --name "
     "are chosen per preset. Presets: every method, the ablations (gift-cd, gift-noawc, gift-feature, gift-wise0.2, "
-    "ewc128, ...) and the groups comparison (default), table1 ... table11; `gift table --list` shows them all."
+    "ewc128, ...) and the groups comparison (default), table1 ... table11; on a CIL setting (--order cifar100-10, "
+    "tinyimagenet-5, ...) the default group is cil = Tab. 7 / 8's CLIP rows. `gift table --list [--order O]` shows "
+    "them all, with the published numbers of O."
 )
 
 # gift train parameter -> TrainConfig field, where the names differ.
@@ -54,17 +56,38 @@ def train_options(ctx: typer.Context, args: list[str]) -> tuple[dict, str | None
     return kwargs, sub.params.get("device"), sub.params.get("report_to") or "", [Path(a) for a in sub.args]
 
 
-def _list_presets() -> None:
+def _list_presets(order: str | None) -> None:
     from rich.table import Table
 
-    from pipeline.tables.presets import ALIASES, GROUPS, all_presets
+    from pipeline.datasets import catalog
+    from pipeline.tables.presets import ALIASES, GROUPS, all_presets, default_methods, resolve_presets
+    from pipeline.tables.table import published_only_lines
+    from pipeline.training.config import TrainConfig, setting_defaults
 
-    table = Table("preset", "method", "overrides", "paper row", "published (Order I)")
-    for p in all_presets().values():
-        pub = p.published_for("I")
-        table.add_row(p.name, p.method, ", ".join(f"{k}={v}" for k, v in p.overrides.items()), p.label,
-                      "/".join(map(str, pub)) + f" ({p.source})" if pub else "–")
+    order = order or "I"
+    cil = catalog.is_cil(order)
+    chosen = resolve_presets(default_methods(order)) if cil else list(all_presets().values())
+    metrics = "Avg./Last" if cil else "Transfer/Avg./Last"
+    table = Table("preset", "method", "overrides", "paper row", f"published {metrics} ({order})")
+    for p in chosen:
+        pub = p.published_for(order)
+        shown = [v for v in pub[1 if cil else 0 :]] if pub else None
+        overrides = dict(p.overrides)
+        if cil:  # the setting's values this method runs with (the harness's), beyond the common defaults
+            common = setting_defaults(order, "gift")
+            overrides.update({k: v for k, v in setting_defaults(order, p.method).items() if common.get(k) != v})
+        table.add_row(p.name, p.method, ", ".join(f"{k}={v}" for k, v in overrides.items()), p.label_for(order),
+                      "/".join(f"{v:g}" for v in shown) + (f" ({p.source_for(order)})" if p.source_for(order) else "")
+                      if shown else "–")
     out.print(table)
+    if cil:
+        defaults = TrainConfig(order=order, method="gift")
+        out.print(f"{order}: {len(catalog.get_order(order))} steps; every run: lr {defaults.lr:g}, warm-up "
+                  f"{defaults.warmup}, {defaults.epochs:g} epoch per step, label smoothing {defaults.label_smoothing:g}, "
+                  f"weight decay {defaults.weight_decay:g}, batch {defaults.batch_size}; icarl keeps {defaults.memory_size} "
+                  f"exemplars, zscl ensembles every {defaults.ensemble_every} iterations")
+        out.print("\n".join(published_only_lines(order)), markup=False, highlight=False)
+        return
     out.print("aliases: " + ", ".join(f"{a} = {p}" for a, p in ALIASES.items()))
     for name, members in GROUPS.items():
         out.print(f"[bold]{name}[/]: {', '.join(members)}")
@@ -72,16 +95,19 @@ def _list_presets() -> None:
 
 def table(
     ctx: typer.Context,
-    order: str = typer.Option(None, help="I, II or mini (default with --methods: II; without: the runs' own order)."),
+    order: str = typer.Option(None, help="I, II, mini, or a CIL setting such as cifar100-10 (default with --methods: "
+                              "II; without: the runs' own order)."),
     methods: str = typer.Option(None, help="Comma-separated presets and groups, e.g. finetune,l2,gift or table3 "
-                                "(default when no --runs: comparison = every baseline + gift)."),
+                                "(default when no --runs: comparison = every baseline + gift; on a CIL setting: cil = "
+                                "Tab. 7 / 8's CLIP rows)."),
     runs: list[Path] = typer.Option(None, help="With --methods: where run directories go (default runs). Without: "
                                     "run directories, or folders of them, to build the table from (repeatable)."),
     out_dir: Path = typer.Option(None, "--out", help="Where table-<order>.md/.csv/.png go (default: the runs folder)."),
     list_presets: bool = typer.Option(False, "--list", help="List presets, aliases and groups, then exit."),
 ) -> None:
     if list_presets:
-        _list_presets()
+        with clean_errors():
+            _list_presets(order)
         return
     setup_logging()
     import torch
@@ -115,9 +141,10 @@ def table(
                                  "folder where run directories go")
             if runs:  # the last one wins, so `make table TABLE_ARGS='--runs DIR'` can move them
                 base["runs"] = str(runs[-1])
-            chosen = presets.resolve_presets(methods or presets.DEFAULT_METHODS)
+            order = order or TrainConfig.order
+            chosen = presets.resolve_presets(methods or presets.default_methods(order))
             train_fn = functools.partial(train, tracker=TrainTracking(reporters)) if reporters else train
-            result = tbl.run_table(order or TrainConfig.order, chosen, base,
+            result = tbl.run_table(order, chosen, base,
                                    progress=_Progress(), device=torch.device(device) if device else None,
                                    out_dir=out_dir, train_fn=train_fn)
             result_table, files = result.table, result.files

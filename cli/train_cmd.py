@@ -11,8 +11,25 @@ from cli.common import clean_errors, out, relaunch_with_torchrun, setup_logging
 from cli.progress import TrainProgress
 
 
+def _class_order(path: Path | None) -> str | None:
+    """``--class-order FILE`` -> its labels as text ("87,0,52,..."), so the run records the order itself."""
+    if path is None:
+        return None
+    from pipeline.datasets.catalog import parse_class_order
+
+    if not path.is_file():
+        raise typer.BadParameter(f"{path} does not exist (a file listing the original labels in class order, e.g. "
+                                 "the harness's class_order: [87, 0, 52, ...])")
+    labels = parse_class_order(path.read_text(encoding="utf-8", errors="replace"))
+    if not labels:
+        raise typer.BadParameter(f"{path} holds no labels (expected e.g. class_order: [87, 0, 52, ...])")
+    return ",".join(map(str, labels))
+
+
 def train(
-    order: str = typer.Option("II", help="Task order: I, II (MTIL) or mini (scikit-learn images, for demos/tests)."),
+    order: str = typer.Option("II", help="Task order: I, II (MTIL), mini (scikit-learn images, for demos/tests), or a "
+                              "CIL setting: cifar100-10/20/50, tinyimagenet-5/10/20, seq-cifar10/100, seq-tinyimg, "
+                              "mini-cil (see `gift settings`)."),
     method: str = typer.Option("gift", help="gift | finetune | l2 | wise-ft | lwf | lwf-vr | zscl | icarl | ewc | zeroshot."),
     name: str = typer.Option(None, help="Run directory name under --runs (default: <method>-order<order>)."),
     runs: Path = typer.Option(Path("runs"), help="Where run directories go."),
@@ -22,12 +39,16 @@ def train(
     shard_family: str = typer.Option(None, help="Which generator spec's sets to use when several are present."),
     clip: str = typer.Option("ViT-B-16", help="open_clip architecture, or `tiny`."),
     clip_weights: str = typer.Option("openai", help="`openai` (from the HF cache), a checkpoint file, or `none`."),
-    iterations: int = typer.Option(1000, help="Steps per task."),
+    iterations: int = typer.Option(None, help="Steps per task (default: 1000 MTIL; CIL: --epochs over each step's images)."),
+    epochs: float = typer.Option(None, help="Passes over each task's training images, ceil(epochs·N/batch) steps (default: CIL 1; mini-cil 10); excludes --iterations."),
     batch_size: int = typer.Option(64, help="Real images per step."),
     synthetic_batch: int = typer.Option(64, help="Synthetic image-text pairs per step."),
     synthetic_budget: int = typer.Option(1000, help="Synthetic images drawn per task from the pool."),
-    lr: float = typer.Option(None, help="Base learning rate (default: 5e-5 aircraft/mnist, 1e-5 other MTIL tasks, 1e-3 mini)."),
-    warmup: int = typer.Option(100, help="Linear warm-up steps before the cosine schedule."),
+    lr: float = typer.Option(None, help="Base learning rate (default: 5e-5 aircraft/mnist, 1e-5 other MTIL tasks, 1e-3 mini; CIL 7.1e-6, mini-cil 1e-3)."),
+    warmup: int = typer.Option(None, help="Linear warm-up steps before the cosine schedule (default: 100 MTIL, 30 CIL)."),
+    weight_decay: float = typer.Option(None, help="AdamW weight decay (default: 0; TinyImageNet CIL 0.1)."),
+    label_smoothing: float = typer.Option(None, help="Label smoothing of CE on the real batch (default: 0.2; TinyImageNet CIL 0)."),
+    class_order: Path = typer.Option(None, callback=_class_order, help="CIL: a file listing the dataset's original labels in the order they are learnt (JSON list, the harness's YAML class_order: [...], or one a line); default: the setting's."),
     seed: int = typer.Option(0, help="Seed of every task's RNGs and of the synthetic draw."),
     precision: str = typer.Option("fp32", help="fp32 | bf16 (autocast)."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the student's training forward (numerics only; a minute or more of compilation first)."),
@@ -46,8 +67,8 @@ def train(
     random_texts: int = typer.Option(1000, help="lwf-vr: number of random 10-token sentences."),
     reference_images: Path = typer.Option(None, help="zscl: ImageFolder of real reference images (ImageNet train in the paper)."),
     reference_texts: Path = typer.Option(None, help="zscl: captions file, one per line."),
-    ensemble_every: int = typer.Option(100, help="zscl: weight-ensemble snapshot every N steps."),
-    memory_size: int = typer.Option(10000, help="icarl: exemplars kept over all seen classes (herding)."),
+    ensemble_every: int = typer.Option(None, help="zscl: weight-ensemble snapshot every N steps (default: 100 MTIL, 10 CIL)."),
+    memory_size: int = typer.Option(None, help="icarl: exemplars kept over all seen classes, herding (default: 10,000 MTIL, 5,000 CIL)."),
     ewc_samples: int = typer.Option(256, help="ewc: synthetic samples for the static Fisher before each task."),
     device: str = typer.Option(None, help="cuda | cpu (default: cuda when present)."),
     gpus: int = typer.Option(1, help="Processes to launch with torchrun (one per GPU; DistributedDataParallel)."),
@@ -67,19 +88,21 @@ def train(
     from pipeline.training.tracking import TrainTracking
     from pipeline.training.train import train as run_train
 
-    config = TrainConfig(
-        order=order, method=method, name=name, runs=str(runs), data_root=str(data_root) if data_root else None,
-        shards=str(shards), shard_cache=str(shard_cache) if shard_cache else None, shard_family=shard_family, clip_arch=clip, clip_weights=clip_weights,
-        iterations=iterations, batch_size=batch_size, synthetic_batch=synthetic_batch,
-        synthetic_budget=synthetic_budget, lr=lr, warmup=warmup, seed=seed, precision=precision, compile=compile_model, workers=workers,
-        cd=cd, ita=ita, awc=awc, beta=beta, lam=lam, teacher=teacher, distill=distill, ita_target=ita_target,
-        fisher_norm=fisher_norm, replay_generator=replay_generator, wise_alpha=wise_alpha, random_texts=random_texts,
-        reference_images=str(reference_images) if reference_images else None,
-        reference_texts=str(reference_texts) if reference_texts else None, ensemble_every=ensemble_every,
-        memory_size=memory_size, ewc_samples=ewc_samples,
-    )
     with clean_errors():
         reporters = parse_report_to(report_to)  # an unknown or missing tracker fails before anything runs
+        config = TrainConfig(
+            order=order, method=method, name=name, runs=str(runs), data_root=str(data_root) if data_root else None,
+            shards=str(shards), shard_cache=str(shard_cache) if shard_cache else None, shard_family=shard_family,
+            clip_arch=clip, clip_weights=clip_weights, iterations=iterations, epochs=epochs, batch_size=batch_size,
+            synthetic_batch=synthetic_batch, synthetic_budget=synthetic_budget, lr=lr, warmup=warmup,
+            weight_decay=weight_decay, label_smoothing=label_smoothing, class_order=class_order, seed=seed,
+            precision=precision, compile=compile_model, workers=workers,
+            cd=cd, ita=ita, awc=awc, beta=beta, lam=lam, teacher=teacher, distill=distill, ita_target=ita_target,
+            fisher_norm=fisher_norm, replay_generator=replay_generator, wise_alpha=wise_alpha, random_texts=random_texts,
+            reference_images=str(reference_images) if reference_images else None,
+            reference_texts=str(reference_texts) if reference_texts else None, ensemble_every=ensemble_every,
+            memory_size=memory_size, ewc_samples=ewc_samples,
+        )
         try:
             run_dir = run_train(config, TrainProgress(), torch.device(device) if device else None,
                                 tracker=TrainTracking(reporters) if reporters else None)

@@ -42,7 +42,7 @@ def _offline(monkeypatch):
 
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory):
-    """The `mini` benchmark's pool rendered by the `reference` generator and a tiny CLIP pre-trained on mini-base."""
+    """The `mini` and `mini-cil` pools rendered by the `reference` generator and a tiny CLIP pre-trained on mini-base."""
     import torch
 
     from pipeline.datasets import mini
@@ -51,7 +51,7 @@ def workspace(tmp_path_factory):
     CPU = torch.device("cpu")
     root = tmp_path_factory.mktemp("mini")
     reference = mini.export_reference(root / "reference")
-    for task in ("mini-base", "mini-a", "mini-b"):
+    for task in ("mini-base", "mini-a", "mini-b", "mini-cil-base", "mini-digits"):  # MTIL mini, then CIL mini-cil
         spec = resolve_spec(task, model=f"reference:{reference}", per_class=16, size=32, device=CPU)
         generate(spec, root / "shards", device=CPU)
     weights = mini.pretrain_tiny_clip(root / "tiny-clip.safetensors")

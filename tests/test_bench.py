@@ -24,7 +24,7 @@ def test_quick_bench_writes_every_section_in_place(tmp_path):
     for row in ("Wall time of this `make bench`", "Libraries: python", "| AWC on top of CD + ITA |",
                 "| one MTIL order end to end |", "1 process ×", "2 processes ×", "| **AWC** (copy of the replay gradients",
                 "released code's AWC", "FLOPs counted by `FlopCounterMode`", "(**+0**)",
-                "decoded + resized + tokenised every step", "| workers | uint8 crops (trainer) images/s | float crops images/s |", "`TestSet` cache (default) | 1 |",
+                "decoded + resized + tokenised every step", "### CIL: TinyImageNet's base step", "| workers | uint8 crops (trainer) images/s | float crops images/s |", "`TestSet` cache (default) | 1 |",
                 "not measured on a GPU yet", "| SDPA + `--fuse-qkv --channels-last` |", "| step at 3 + 3, AWC on |",
                 "classic attention (no SDPA; unoptimised)", "| step before issue 11 (teacher forward every step",
                 "### FLOPs before and after issue 11", "| GIFT step, 2 + 2, CE prompts of cifar100 (100 classes) |",

@@ -6,6 +6,8 @@
 - Real data: the trainer's loader (``ImageStream`` over the real ``LabeledImages``) with 0..N workers over 512²
   JPEG files, uint8 crops (the trainer's path) vs float crops normalised in the workers.
 - Evaluation: ``TestSet`` decodes each test image once per run; decoding for every evaluation costs 11×.
+- CIL: the same loader over TinyImageNet's real layout (64² JPEGs read by ``datasets.cil``), the base step's 100
+  classes (50,000 images in the full dataset), upscaled to 224 by the crop.
 
 Images are photo-like (smooth colour fields + grain) 512² JPEG-95, the size SD v1.5 renders; their mean
 encoded size is printed so the decode cost can be judged.
@@ -128,7 +130,31 @@ LOADER_PATHS = (  # label, transform(uint8?), what it is
 )
 
 
-def bench_loader(paths: list[Path], batch: int = 64, workers: tuple[int, ...] = (0, 1, 2), rounds: int = 2) -> list[dict]:
+def tinyimagenet_base_step(root: Path, per_class: int):
+    """A ``tiny-imagenet-200/`` folder with ``per_class`` photo-like 64² JPEGs per wnid, read by the real reader;
+    returns the training split of tinyimagenet-5's base step (its first 100 classes, labels 0..99)."""
+    from pipeline.datasets.splits import step_dataset
+
+    base = root / "tiny-imagenet-200"
+    (base / "val" / "images").mkdir(parents=True)
+    wnids = catalog._load("cil.json")["tinyimagenet_wnids"]
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (base / "val" / "val_annotations.txt").write_text("")
+    blobs = []
+    for i in range(8):
+        buf = io.BytesIO()
+        photo_like(200 + i, 64).save(buf, format="JPEG", quality=90)
+        blobs.append(buf.getvalue())
+    for label, wnid in enumerate(wnids):
+        folder = base / "train" / wnid / "images"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            (folder / f"{wnid}_{i}.JPEG").write_bytes(blobs[(label + i) % len(blobs)])
+    return step_dataset(catalog.get_setting("tinyimagenet-5"), 0, "train", str(root))
+
+
+def bench_loader(paths: list[Path], batch: int = 64, workers: tuple[int, ...] = (0, 1, 2), rounds: int = 2,
+                 data=None) -> list[dict]:
     """Images/s the trainer's real-data loader supplies (``ImageStream``'s DataLoader: seeded index stream,
     per-sample seeded RandomResizedCrop to 224), worker start-up included, for each worker count and both
     transports of ``LOADER_PATHS``; configurations alternate for ``rounds`` rounds and the best of each is kept.
@@ -138,7 +164,8 @@ def bench_loader(paths: list[Path], batch: int = 64, workers: tuple[int, ...] = 
     from pipeline.dist import Dist
     from pipeline.training.replay import ImageStream
 
-    data, batches = _labeled(paths), max(1, len(paths) // batch)
+    data = data if data is not None else _labeled(paths)
+    batches = max(1, len(data) // batch)
     best = {(w, label): 0.0 for w in workers for label, _, _ in LOADER_PATHS}
     for _ in range(rounds):
         for w, (label, uint8, _) in itertools.product(workers, LOADER_PATHS):
@@ -209,6 +236,8 @@ def run(quick: bool = False) -> tuple[str, dict]:
         paths = jpeg_files(Path(tmp), n_loader, size)
         loader = bench_loader(paths, batch=batch, rounds=1 if quick else 2)
         ev = bench_eval(paths[:n_eval], evaluations)
+        tiny_data = tinyimagenet_base_step(Path(tmp) / "cil", 1 if quick else 4)
+        tiny = bench_loader([], batch=batch, rounds=1 if quick else 2, data=tiny_data)
     goal_s = 1 / STEP_GOAL
     need = STEP_GOAL * 64
     one = next((r for r in loader if r["workers"] == 1), loader[0])
@@ -266,8 +295,19 @@ def run(quick: bool = False) -> tuple[str, dict]:
         f"11 MTIL datasets that is {test_total * ev['bytes_per_image'] / 2**30:.1f} GiB, which training keeps in "
         "memory-mapped files under `RUNS/.cache/test/` (shared by every run there), not in host RAM; this bench "
         "times the in-memory variant.",
+        "",
+        "### CIL: TinyImageNet's base step",
+        "",
+        f"The same loader over a `tiny-imagenet-200/` folder read by the real reader: tinyimagenet-5's base step "
+        f"(100 classes, {len(tiny_data)} photo-like 64² JPEG files here; 50,000 in the dataset, one epoch = 782 "
+        f"steps of 64), each image upscaled to {CROP}² by the crop. Need: {need:.0f} images/s.",
+        "",
+        "| workers | uint8 crops images/s | float crops images/s | uint8: share of 960 images/s |",
+        "|---:|---:|---:|---:|",
+        *[f"| {r['workers']} | {r['uint8']:.0f} | {r['float']:.0f} | {r['uint8'] / need:.1%} |" for r in tiny],
     ]
     facts = {"synth_ratio": ratio, "loader_rate": best["uint8"], "loader_workers": best["workers"],
+             "tiny_loader_rate": max(r["uint8"] for r in tiny),
              "eval_decodes": f"{ev['cached_decodes']:.0f}", "evaluations": ev["evaluations"],
              "eval_ratio": ev["fresh_s"] / ev["cached_s"]}
     return "\n".join(md), facts

@@ -583,11 +583,12 @@ def _count_note(official: tuple[int, int] | None, counts: dict[str, int]) -> str
     return f"counts differ from the complete release ({expected})"
 
 
-def check(root: str | Path) -> list[CheckResult]:
-    """Inspect every MTIL dataset under ``root``: found / missing / broken, with image counts per split.
+def check(root: str | Path, names: Sequence[str] = MTIL_DATASETS) -> list[CheckResult]:
+    """Inspect every MTIL dataset (or those of ``names``) under ``root``: found / missing / broken, with image counts
+    per split.
 
     Broken covers unreadable or inconsistent metadata (bad pickle/.mat/json, label out of range, class list not the
     catalog's), listed images that do not exist, empty splits, and a first image per split that cannot be decoded.
     """
     root = Path(root).expanduser()
-    return [_check_one(name, root) for name in MTIL_DATASETS]
+    return [_check_one(name, root) for name in names]

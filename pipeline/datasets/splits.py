@@ -1,10 +1,14 @@
-"""(PIL image, label) pairs of any task's split, from wherever that task's data live."""
+"""(PIL image, label) pairs of any task's split, from wherever that task's data live.
+
+A task is an MTIL dataset (``data_root``), a mini task (scikit-learn), a CIL dataset (``cifar10``, ``cifar100``,
+``tinyimagenet``: original labels) or a CIL step (``cifar100-10/03``: its classes, labels 0..n-1 in class order).
+"""
 
 from __future__ import annotations
 
 from torch.utils.data import Dataset
 
-from . import catalog, mini
+from . import catalog, cil, mini, mtil
 
 
 class _Images(Dataset):
@@ -21,11 +25,30 @@ class _Images(Dataset):
 
 
 def task_dataset(task: str, split: str, data_root: str | None) -> Dataset:
-    """(PIL image, label) pairs of a task's split: mini tasks from scikit-learn, MTIL from ``data_root``."""
+    """(PIL image, label) pairs of a task's split: mini tasks from scikit-learn, the others from ``data_root``."""
     if task in catalog.MINI_TASKS:
         return _Images(*mini.load_split(task, split))
+    if "/" in task:  # a CIL step of a setting's own class order (another order: ``step_dataset``)
+        setting = catalog.get_setting(task.rpartition("/")[0])
+        return step_dataset(setting, setting.step_names.index(catalog.get_task(task).name), split, data_root)
     if data_root is None:
-        raise ValueError(f"task {task} needs --data-root (the folder holding the MTIL datasets; see `gift data check`)")
-    from . import mtil
-
+        raise ValueError(f"task {task} needs --data-root (the folder holding the datasets; see `gift data check`)")
+    if task in cil.CIL_DATASETS and task not in mtil.MTIL_DATASETS:
+        return cil.load_split(task, data_root, split)
     return mtil.load_split(task, data_root, split)
+
+
+def dataset_split(setting: catalog.CilSetting, split: str, data_root: str | None) -> Dataset:
+    """The whole split of a CIL setting's dataset, original labels (CIFAR100 read with the CIL names)."""
+    if setting.dataset in catalog.MINI_TASKS:
+        return task_dataset(setting.dataset, split, None)
+    if data_root is None:
+        raise ValueError(f"setting {setting.name} needs --data-root (the folder holding {setting.dataset}; see "
+                         "`gift data check`)")
+    return cil.load_split(setting.dataset, data_root, split)
+
+
+def step_dataset(setting: catalog.CilSetting, k: int, split: str, data_root: str | None,
+                 whole: Dataset | None = None) -> Dataset:
+    """Step k's images of ``split``, labels 0..n-1 in the setting's class order (``whole``: the split, if loaded)."""
+    return cil.StepSplit(whole if whole is not None else dataset_split(setting, split, data_root), setting.steps[k])

@@ -1,4 +1,5 @@
-"""MTIL summary metrics (Transfer / Avg. / Last) from an accuracy matrix.
+"""Summary metrics: MTIL's Transfer / Avg. / Last from an accuracy matrix, and CIL's Avg / Last
+(:func:`summarize_cil`, at the end).
 
 The accuracy matrix ``acc`` has shape ``(k, T)`` with ``1 <= k <= T``: ``acc[i, j]`` is the top-1 accuracy
 (in percent) on dataset ``j``'s test split after training task ``i`` (0-based here; rows follow the
@@ -101,3 +102,47 @@ def summarize(acc: np.ndarray, names: Sequence[str]) -> Summary:
     }
     transfer = float(transfer_j[1:].mean()) if arr.shape[1] > 1 else math.nan
     return Summary(transfer=transfer, avg=float(arr.mean()), last=float(last_j.mean()), per_dataset=per_dataset)
+
+
+# --------------------------------------------------------------------------- class-incremental (CIL)
+
+
+@dataclass(frozen=True)
+class CilSummary:
+    """CIL's numbers over ``k`` finished steps of ``T``: ``avg`` = mean of acc_1..acc_k (iCaRL's average incremental
+    accuracy), ``last`` = acc_k, where acc_i is the accuracy on every class seen after step i (one head, no task
+    id); ``forgetting`` = mean over steps j < k of (best accuracy on step j's classes after steps j..k−1) − (after
+    step k), from the step matrix (NaN with fewer than two steps or without the matrix). ``transfer`` is NaN: it
+    has no CIL counterpart (kept so CIL and MTIL rows share a table)."""
+
+    avg: float
+    last: float
+    forgetting: float
+    seen: tuple[float, ...]
+    transfer: float = math.nan
+
+
+def summarize_cil(seen: Sequence[float], acc: np.ndarray | None = None) -> CilSummary:
+    """Avg / Last (and forgetting) of a CIL run from ``seen`` = [acc_1, ..., acc_k] (percent) and, optionally, the
+    ``(k, T)`` step matrix ``acc[i, j]`` = accuracy on step j's classes after step i (NaN for j > i).
+
+    Raises ``ValueError`` on an empty or non-finite ``seen``, or a matrix that does not have ``len(seen)`` rows with
+    finite entries on and below the diagonal.
+    """
+    values = np.asarray(seen, dtype=float)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"seen-class accuracies must be a non-empty list, got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("seen-class accuracies contain NaN or infinite values; pass only the finished steps")
+    forgetting = math.nan
+    if acc is not None:
+        arr = np.asarray(acc, dtype=float)
+        k = len(values)
+        if arr.ndim != 2 or arr.shape[0] != k or arr.shape[1] < k:
+            raise ValueError(f"step matrix of shape {arr.shape} for {k} finished steps; expected ({k}, T >= {k})")
+        if not np.isfinite(arr[np.tril_indices(k)]).all():
+            raise ValueError("step matrix has NaN or infinite values on or below the diagonal")
+        if k > 1:
+            forgetting = float(np.mean([arr[j : k - 1, j].max() - arr[k - 1, j] for j in range(k - 1)]))
+    return CilSummary(avg=float(values.mean()), last=float(values[-1]), forgetting=forgetting,
+                      seen=tuple(float(v) for v in values))

@@ -215,13 +215,17 @@ def _save_figure(fig: plt.Figure, path: Path) -> Path:
 
 
 def heatmap_figure(acc: np.ndarray, names: Sequence[str], title: str) -> plt.Figure:
-    """Heat map of a ``(k, T)`` matrix: rows 'after task i', columns datasets, every cell annotated."""
+    """Heat map of a ``(k, T)`` matrix: rows 'after task i', columns datasets, every cell annotated (NaN cells, as
+    above a CIL matrix's diagonal, are left blank; beyond 20 columns the cells are not annotated)."""
     k, t = acc.shape
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * t, 1.4 + 0.55 * k))
+    scale = 1.0 if t <= 20 else 20 / t  # a 50-step CIL matrix keeps a readable figure size
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * t * scale, 1.4 + 0.55 * k * scale))
     cmap = plt.get_cmap("viridis")
     im = ax.imshow(acc, cmap=cmap, vmin=0.0, vmax=100.0, aspect="auto")
     for i in range(k):
         for j in range(t):
+            if np.isnan(acc[i, j]) or t > 20:  # CIL: nothing above the diagonal; long settings: colours only
+                continue
             bright = np.mean(cmap(acc[i, j] / 100.0)[:3]) > 0.5
             weight = "bold" if i == j else "normal"
             ax.text(

@@ -26,6 +26,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from pipeline.datasets import catalog
+from pipeline.datasets.catalog import Task
 from pipeline.dist import Dist
 from pipeline.models import ClipFeatures
 from pipeline.training.replay import SynthBatch  # the batch type of every stream (re-exported)
@@ -57,6 +59,9 @@ class TaskContext:
     image_size: int = 224
     run_dir: Path | None = None
     workers: int = 0  # data-loader processes for image streams this task (resolved: train.loader_workers)
+    # a task (or CIL step) of the run by name: class names + training template; the protocol's own, so that a CIL
+    # step of another class order (--class-order) is its classes, not the setting's default ones
+    lookup: Callable[[str], Task] = catalog.get_task
 
     def features(self, images: torch.Tensor | None, tokens: torch.Tensor | None = None):
         """Student image and text features (L2-normalised; None for a missing input) of the whole batch, from

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.datasets import catalog
 from pipeline.evaluation.evaluate import Transformed
 from pipeline.models import encode_images, eval_resize, normalize_uint8
 from pipeline.models import tokenizer as clip_tokenizer
@@ -75,7 +74,7 @@ class ICaRL(Method):
             raw = json.loads(path.read_text()) if ctx.index and path and path.exists() else {}
             self.entries = {t: {int(c): ids for c, ids in by_class.items()} for t, by_class in raw.items()}
         self.teacher = frozen_copy(ctx.student)
-        prompts = [catalog.get_task(t).prompt(c) for t in self.entries for c in range(catalog.get_task(t).num_classes)]
+        prompts = [ctx.lookup(t).prompt(c) for t in self.entries for c in range(ctx.lookup(t).num_classes)]
         self.texts = frozen.text_features(self.teacher, clip_tokenizer()(prompts), ctx.device,
                                           ctx.dist) if prompts else None
 
@@ -105,7 +104,7 @@ class ICaRL(Method):
             labels.append(y)
         ctx.student.train(was_training)
         feats, labels = torch.cat(feats), torch.cat(labels)
-        seen = sum(len(c) for c in self.entries.values()) + catalog.get_task(ctx.task).num_classes
+        seen = sum(len(c) for c in self.entries.values()) + ctx.lookup(ctx.task).num_classes
         per_class = self.config.memory_size // max(1, seen)
         # herding order is prefix-consistent: shrinking an old class keeps its first exemplars
         self.entries = {t: {c: ids[:per_class] for c, ids in by_class.items()} for t, by_class in self.entries.items()}

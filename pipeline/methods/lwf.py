@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.datasets import catalog
 from pipeline.models import encode_images, eval_resize
 from pipeline.models import tokenizer as clip_tokenizer
 from pipeline.training.losses import contrastive_distillation
@@ -50,7 +49,7 @@ class LwF(Method):
         self.texts = frozen.text_features(self.teacher, self.text_tokens(ctx), ctx.device, ctx.dist)  # once per task
 
     def text_tokens(self, ctx: TaskContext) -> torch.Tensor:
-        spec = catalog.get_task(ctx.task)
+        spec = ctx.lookup(ctx.task)
         return clip_tokenizer()([spec.prompt(c) for c in range(spec.num_classes)])
 
     def replay_stream(self, ctx: TaskContext):

@@ -4,7 +4,10 @@ Every method in ``METHODS`` is a preset with no overrides; the others are GIFT a
 the published numbers of their row (the paper's ablations are on MTIL Order I). A group names the presets of one
 table: ``table3`` = Tab. 3 (components), ``table4`` = Tab. 4a-c (distillation loss, teacher, ITA scale),
 ``table5`` = Tab. 5 (real vs synthetic images, 1K / 3K), ``table6`` = Tab. 6 (static Fisher vs AWC),
-``table11`` = Tab. 11 (50 vs 25 denoising steps), ``table1`` / ``table2`` / ``comparison`` = Tab. 1 / 2.
+``table11`` = Tab. 11 (50 vs 25 denoising steps), ``table1`` / ``table2`` / ``comparison`` = Tab. 1 / 2; on a CIL
+setting ``table7`` / ``table8`` / ``cil`` = the CLIP rows of Tab. 7 (CIFAR100) / 8 (TinyImageNet), whose CIL
+baseline values (distillation weight 5, ZSCL's ensemble every 10 iterations, 5,000 exemplars) are the setting's
+defaults (``training.config``), so the plain method presets are those rows.
 
 A preset that names a method or TrainConfig field this version lacks fails when it is run (``config_for``),
 with an error that says so, never at import. Which preset a finished run directory holds is read back from its
@@ -15,12 +18,15 @@ name and ``config.json`` (``identify``); its published numbers apply only when i
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.datasets import catalog
 from pipeline.evaluation import report
+from pipeline.evaluation.cil_report import CLIP_ROWS, published_cil, published_for_method
 from pipeline.methods import METHODS
 from pipeline.training.config import TrainConfig
 
@@ -86,10 +92,26 @@ class Preset:
     def dir_name(self, order: str) -> str:
         return self.run_name(order) or f"{self.method}-order{order}"
 
+    def label_for(self, order: str) -> str:
+        """The paper's row name on ``order`` (Tab. 7 / 8 name the CLIP rows their own way)."""
+        return CLIP_ROWS.get(self.method, self.label) if self.plain and catalog.is_cil(order) else self.label
+
+    def source_for(self, order: str) -> str:
+        """Which table of the paper the row's published numbers on ``order`` come from."""
+        if catalog.is_cil(order):
+            found = published_cil(order)
+            return found[0] if found and self.plain else ""
+        return self.source
+
     def published_for(self, order: str) -> Triple | None:
         if self.published is not None:
             return self.published.get(order)
-        return report.PUBLISHED.get((self.method, order)) if self.plain else None
+        if not self.plain:
+            return None
+        if catalog.is_cil(order):  # (Transfer: none in CIL, Avg, Last)
+            pair = published_for_method(self.method, order)
+            return None if pair is None else (math.nan, pair[0], pair[1])
+        return report.PUBLISHED.get((self.method, order))
 
 
 # The paper's "w/o AWC" rows (Tab. 3, 4, 5, 11, 12) are CD/ITA added to the l2 baseline: the released code runs
@@ -160,6 +182,7 @@ ALIASES: dict[str, str] = {"gift-cd-ita": "gift-noawc", "gift-ita0": "gift-cd", 
                            "gift-contrastive": "gift-noawc", "gift-teacher-last": "gift-noawc", "ewc-v64": "ewc64",
                            "ewc-v128": "ewc128", "ewc-v256": "ewc256"}
 COMPARISON = ["zeroshot", "finetune", "l2", "lwf", "icarl", "lwf-vr", "wise-ft", "zscl", "gift"]
+CIL_COMPARISON = ["zeroshot", "finetune", "lwf", "icarl", "lwf-vr", "zscl", "gift"]
 GROUPS: dict[str, list[str]] = {
     "comparison": COMPARISON,
     "table1": COMPARISON,  # Order I
@@ -170,12 +193,21 @@ GROUPS: dict[str, list[str]] = {
     "table5": ["l2", "gift-real", "gift-noawc", "gift-real-3k", "gift-noawc-3k", "zscl"],
     "table6": ["l2", "ewc64", "ewc128", "ewc256", "gift"],
     "table11": ["l2", "gift-steps50", "gift-noawc-steps50", "gift-steps25", "gift-noawc-steps25"],
+    # CIL (Tab. 7 CIFAR100, Tab. 8 TinyImageNet): the CLIP rows, in the paper's order
+    "cil": CIL_COMPARISON,
+    "table7": CIL_COMPARISON,
+    "table8": CIL_COMPARISON,
 }
 DEFAULT_METHODS = "comparison"
 NOT_IMPLEMENTED = {"moe-adapter": "MoE-Adapter (Yu et al. 2024) is not implemented here; its published numbers are "
                                   "listed under the Order I / II tables"}
 # Published MoE-Adapter numbers (Tab. 1/2), shown as a note: it adds parameters per task and is not implemented.
 MOE_ADAPTER: dict[str, Triple] = {"I": (68.9, 76.7, 85.0), "II": (64.3, 74.7, 84.1)}
+
+
+def default_methods(order: str) -> str:
+    """The group ``gift table`` runs when --methods is not given: ``comparison`` (MTIL) or ``cil``."""
+    return "cil" if catalog.is_cil(order) else DEFAULT_METHODS
 
 
 def all_presets() -> dict[str, Preset]:
@@ -221,28 +253,37 @@ def config_for(preset: Preset, order: str, base: Mapping[str, object]) -> TrainC
 
 # --------------------------------------------------------------------------- which preset a run directory holds
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 # Knobs that make a run cheaper or placed elsewhere but are not what a preset names (the batch sizes and budget still
 # decide whether the published numbers apply, see _PAPER_SCALE).
 _NOT_IDENTITY = {"order", "method", "name", "runs", "data_root", "shards", "shard_cache", "shard_family",
                  "reference_images", "reference_texts", "workers", "seed",
-                 "precision", "compile", "clip_arch", "clip_weights", "iterations", "batch_size", "synthetic_batch",
-                 "synthetic_budget", "lr", "warmup", "weight_decay"}
-_PAPER_SCALE = {"batch_size", "synthetic_batch", "synthetic_budget", "lr", "warmup", "weight_decay"}
+                 "precision", "compile", "clip_arch", "clip_weights", "iterations", "epochs", "batch_size",
+                 "synthetic_batch", "synthetic_budget", "lr", "warmup", "weight_decay", "label_smoothing", "class_order"}
+_PAPER_SCALE = {"batch_size", "synthetic_batch", "synthetic_budget", "lr", "warmup", "weight_decay", "label_smoothing"}
+
+
+def _defaults(cfg: Mapping[str, object]) -> dict[str, object]:
+    """What a run of ``cfg``'s order and method gets when no option is given (the setting's defaults filled in)."""
+    try:
+        return dataclasses.asdict(TrainConfig(order=str(cfg.get("order")), method=str(cfg.get("method"))))
+    except ValueError:  # an order this version does not know: the class defaults
+        return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def _value(cfg: Mapping[str, object], key: str) -> object:
     # A run made before a field existed ran with what is now its default.
-    return cfg.get(key, _DEFAULTS.get(key))
+    return cfg.get(key, _defaults(cfg).get(key))
 
 
 def _agrees(preset: Preset, cfg: Mapping[str, object], keys: set[str]) -> bool:
-    return all(_value(cfg, key) == preset.overrides.get(key, _DEFAULTS.get(key)) for key in keys)
+    defaults = _defaults(cfg)
+    return all(cfg.get(key, defaults.get(key)) == preset.overrides.get(key, defaults.get(key)) for key in keys)
 
 
 def _identity_keys(preset: Preset) -> set[str]:
     # shard_family is left out: which family a finished run used cannot be checked without its shard sets
-    return (set(_DEFAULTS) - _NOT_IDENTITY) | {k for k in preset.overrides if k != "shard_family"}
+    return (_FIELDS - _NOT_IDENTITY) | {k for k in preset.overrides if k != "shard_family"}
 
 
 def preset_matches(preset: Preset, cfg: Mapping[str, object]) -> bool:
@@ -264,10 +305,16 @@ def identify(run_dir: Path, cfg: Mapping[str, object]) -> Preset | None:
 
 
 def comparable(cfg: Mapping[str, object]) -> bool:
-    """The paper's setting: ViT-B/16 OpenAI weights, 1,000 iterations, Order I/II (reports show the published
-    numbers beside a run only then)."""
-    return ((_value(cfg, "clip_arch"), _value(cfg, "clip_weights"), _value(cfg, "iterations"))
-            == ("ViT-B-16", "openai", 1000) and cfg.get("order") in ("I", "II"))
+    """The paper's setting: ViT-B/16 OpenAI weights and Order I/II with 1,000 iterations, or one of the six CIL settings
+    of Tables 7 / 8 with its own class order and steps (reports show the published numbers beside a run only then)."""
+    if (_value(cfg, "clip_arch"), _value(cfg, "clip_weights")) != ("ViT-B-16", "openai"):
+        return False
+    order = str(cfg.get("order"))
+    if order in ("I", "II"):
+        return _value(cfg, "iterations") == 1000
+    defaults = _defaults(cfg)
+    return (order in catalog._load("cil.json")["settings"]
+            and all(_value(cfg, k) == defaults[k] for k in ("iterations", "epochs", "class_order")))
 
 
 def published_for(preset: Preset | None, cfg: Mapping[str, object]) -> Triple | None:

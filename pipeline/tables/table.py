@@ -11,7 +11,8 @@ one preset's failure does not stop the others), then :func:`build_table` reads e
 
 Δ l2 is ours minus our own ``l2`` row. The published number of a row is shown only where the run's setting is the
 paper's (ViT-B/16 OpenAI weights, 1,000 iterations, Order I/II, the preset's exact options); ours is marked
-``⚠`` when it differs from it by more than one point. Run directories: ``<method>-order<order>`` for a plain method
+``⚠`` when it differs from it by more than one point. On a CIL setting the table has Avg. / Last only (the layout of
+Tables 7 / 8, no Δ), and lists the paper's rows of methods not built here as "published only". Run directories: ``<method>-order<order>`` for a plain method
 (the same directory ``gift train`` uses), ``<preset>-order<order>`` otherwise.
 """
 
@@ -31,7 +32,8 @@ import numpy as np
 
 from pipeline.datasets import catalog
 from pipeline.evaluation import report
-from pipeline.evaluation.metrics import Summary, summarize
+from pipeline.evaluation.cil_report import CLIP_ROWS, describe, published_cil
+from pipeline.evaluation.metrics import CilSummary, Summary, summarize, summarize_cil
 from pipeline.training.config import TrainConfig
 from pipeline.training.rundir import prepare_run_dir
 from pipeline.training.train import Progress, train
@@ -55,7 +57,7 @@ class Row:
     tasks: int  # T
     finished: int = 0  # k: finished tasks
     preset: str = ""  # the preset whose setting the run has ("" when none)
-    summary: Summary | None = None
+    summary: Summary | CilSummary | None = None
     published: Triple | None = None
     source: str = ""
     error: str | None = None
@@ -99,8 +101,19 @@ class Table:
     rows: list[Row]
 
     @property
+    def cil(self) -> bool:
+        return catalog.is_cil(self.order)
+
+    @property
+    def metrics(self) -> tuple[int, ...]:
+        """Which of (Transfer, Avg., Last) the table shows: all three (MTIL), Avg. and Last (CIL)."""
+        return (1, 2) if self.cil else (0, 1, 2)
+
+    @property
     def baseline(self) -> Row | None:
-        """The ``l2`` row Δ is taken against (the first run of method l2 with results)."""
+        """The ``l2`` row Δ is taken against (the first run of method l2 with results; none in a CIL table)."""
+        if self.cil:
+            return None
         return next((r for r in self.rows if r.method == "l2" and r.values is not None), None)
 
     def delta(self, row: Row) -> tuple[float, ...] | None:
@@ -140,7 +153,7 @@ def build_table(order: str, run_dirs: Sequence[Path], *, errors: Mapping[Path, s
             if error is None:
                 raise ValueError(f"{run_dir} is not a run directory (no config.json)")
             preset = presets.get(run_dir)
-            rows.append(Row(preset.name if preset else run_dir.name, preset.label if preset else "", run_dir,
+            rows.append(Row(preset.name if preset else run_dir.name, preset.label_for(order) if preset else "", run_dir,
                             preset.method if preset else "?", len(datasets), preset=preset.name if preset else "",
                             error=error))
             continue
@@ -148,14 +161,15 @@ def build_table(order: str, run_dirs: Sequence[Path], *, errors: Mapping[Path, s
         if cfg.get("order") != order:
             raise ValueError(f"{run_dir} is a run of order {cfg.get('order')!r}, not {order!r}")
         preset = presets.get(run_dir) or identify(run_dir, cfg)
-        acc = np.array(state["acc"], dtype=float).reshape(len(state["acc"]), len(datasets))
+        rows_acc = [[math.nan if v is None else v for v in r] for r in state["acc"]]  # CIL: null above the diagonal
+        acc = np.array(rows_acc, dtype=float).reshape(len(rows_acc), len(datasets))
         # A row is named after its preset when its directory is the preset's, else after the directory.
         name = preset.name if preset and run_dir.name == preset.dir_name(order) else run_dir.name
-        row = Row(name, preset.label if preset else "", run_dir, cfg["method"], len(datasets), finished=len(acc),
-                  preset=preset.name if preset else "", published=published_for(preset, cfg),
-                  source=preset.source if preset else "", error=error)
+        row = Row(name, preset.label_for(order) if preset else "", run_dir, cfg["method"], len(datasets),
+                  finished=len(acc), preset=preset.name if preset else "", published=published_for(preset, cfg),
+                  source=preset.source_for(order) if preset else "", error=error)
         if len(acc):
-            row.summary = summarize(acc, datasets)
+            row.summary = summarize_cil(state["seen"], acc) if catalog.is_cil(order) else summarize(acc, datasets)
         rows.append(row)
     return Table(order, datasets, rows)
 
@@ -176,6 +190,10 @@ def _num(v: float | None) -> str:
     return report.DASH if v is None or math.isnan(v) else f"{v:.1f}"
 
 
+def _csv_num(v: float | None, digits: int) -> str:
+    return "" if v is None or math.isnan(v) else f"{v:.{digits}f}"
+
+
 def _signed(v: float | None) -> str:
     return report.DASH if v is None or math.isnan(v) else f"{v:+.1f}"
 
@@ -183,9 +201,10 @@ def _signed(v: float | None) -> str:
 def table_markdown(table: Table) -> str:
     """``table-<order>.md``: the comparison in the paper's layout, then notes on partial / failed rows."""
     show_paper = any(r.published is not None for r in table.rows)
+    delta_column = not table.cil
     header = ["Method", "paper row"]
-    for metric in report.METRICS:
-        header += [metric, *(["paper"] if show_paper else []), "Δ l2"]
+    for m in table.metrics:
+        header += [report.METRICS[m], *(["paper"] if show_paper else []), *(["Δ l2"] if delta_column else [])]
     header.append("status")
     lines_rows = []
     for row in table.rows:
@@ -193,26 +212,36 @@ def table_markdown(table: Table) -> str:
         delta = table.delta(row) or (None, None, None)
         published = row.published or (None, None, None)
         cells = [f"`{row.name}`", row.label or report.DASH]
-        for ours, pub, d, off in zip(values, published, delta, row.differs(), strict=True):
-            cells.append(_num(ours) + (f" {MARK}" if off else ""))
-            if show_paper:
-                cells.append(_num(pub))
-            cells.append(_signed(d))
+        for m in table.metrics:
+            cells.append(_num(values[m]) + (f" {MARK}" if row.differs()[m] else ""))
+            if show_paper:  # the paper's own precision: 2 decimals in Tab. 7 / 8
+                cells.append(_csv_num(published[m], 2) or report.DASH if table.cil else _num(published[m]))
+            if delta_column:
+                cells.append(_signed(delta[m]))
         cells.append(row.status_text)
         lines_rows.append(cells)
-    title = f"Order {table.order}" if table.order in ("I", "II") else f"order {table.order}"
-    lines = [f"# Comparison, {title} ({len(table.datasets)} tasks: {', '.join(table.datasets)})", ""]
+    if table.cil:
+        what = f"CIL {table.order} ({describe(catalog.get_setting(table.order))})"
+        lines = [f"# Comparison, {what}", ""]
+    else:
+        title = f"Order {table.order}" if table.order in ("I", "II") else f"order {table.order}"
+        lines = [f"# Comparison, {title} ({len(table.datasets)} tasks: {', '.join(table.datasets)})", ""]
     lines += report._md_table(header, lines_rows)
     lines += [""]
     base = table.baseline
-    lines.append(f"Δ l2 = ours − our `l2` row (`{base.name}`)." if base else "Δ l2: no `l2` run in this table.")
+    if delta_column:
+        lines.append(f"Δ l2 = ours − our `l2` row (`{base.name}`)." if base else "Δ l2: no `l2` run in this table.")
+    else:
+        lines.append("Avg. = mean over steps of the accuracy on all classes seen so far (one head, no task id); Last = "
+                     "that accuracy after the last step.")
     if show_paper:
         lines.append(f"paper = the published number (Wu et al., CVPR 2025; table in the CSV's `source`), shown where the "
                      f"run's setting is the paper's; {MARK} = ours differs from it by more than "
                      f"{report.TOLERANCE:g} point.")
     else:
         lines.append("Published numbers are not shown: no run here has the paper's setting (ViT-B/16 OpenAI weights, "
-                     "1,000 iterations, Order I/II, the preset's options).")
+                     + ("the setting's defaults and class order" if table.cil else "1,000 iterations, Order I/II")
+                     + ", the preset's options).")
     if table.order in MOE_ADAPTER and show_paper:
         lines.append(f"Not implemented: MoE-Adapter, published {'/'.join(map(str, MOE_ADAPTER[table.order]))} "
                      f"(Transfer/Avg./Last).")
@@ -224,7 +253,21 @@ def table_markdown(table: Table) -> str:
                         if any(r.published for r in partial) else "."))
     if table.failed:
         lines += ["", "**Failed:**", ""] + [f"- `{r.name}`: {r.error}" for r in table.failed]
+    if table.cil:
+        lines += published_only_lines(table.order)
     return "\n".join(lines) + "\n"
+
+
+def published_only_lines(order: str) -> list[str]:
+    """The paper's rows of ``order`` for methods not built here (UCIR, DER, DyTox, ...): published numbers only."""
+    found = published_cil(order)
+    if found is None:
+        return []
+    source, rows = found
+    others = [[label, _csv_num(avg, 2) or report.DASH, _csv_num(last, 2) or report.DASH]
+              for label, (avg, last) in rows.items() if label not in CLIP_ROWS.values()]
+    return ["", f"**Published only** (not run here; Wu et al., CVPR 2025, {source}, {order}):", "",
+            *report._md_table(["paper row", "Avg.", "Last"], others)]
 
 
 CSV_HEADER = ["method", "preset", "paper_row", "run_dir", "status", "finished", "tasks", "transfer", "avg", "last",
@@ -243,9 +286,9 @@ def table_csv(table: Table) -> str:
         published = row.published or (None,) * 3
         has_pub = row.published is not None and row.values is not None
         writer.writerow([row.name, row.preset, row.label, str(row.run_dir or ""), row.status, row.finished, row.tasks,
-                         *("" if v is None else f"{v:.2f}" for v in values),
-                         *("" if v is None else f"{v:.2f}" for v in delta),
-                         *("" if v is None else f"{v:.1f}" for v in published),
+                         *(_csv_num(v, 2) for v in values),
+                         *(_csv_num(v, 2) for v in delta),
+                         *(_csv_num(v, 2 if table.cil else 1) for v in published),
                          *((str(d).lower() if has_pub else "") for d in row.differs()),
                          row.source, row.error or ""])
     return buf.getvalue()
@@ -257,19 +300,20 @@ def table_figure(table: Table):
     rows = table.rows
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2.0), 4.8))
     width, colors = 0.26, ("tab:blue", "tab:orange", "tab:green")
-    for m, color in enumerate(colors):
+    for k, m in enumerate(table.metrics):
+        color = colors[m]
         for i, row in enumerate(rows):
             if row.values is None:
                 continue
-            x = i + (m - 1) * width
+            x = i + (k - (len(table.metrics) - 1) / 2) * width
             ax.bar(x, row.values[m], width, color=color, hatch="//" if row.partial else None,
                    edgecolor="white" if row.partial else None)
             top = max(row.values[m], row.published[m] if row.published else 0.0)
             ax.text(x, top + 1, f"{row.values[m]:.1f}", ha="center", va="bottom", fontsize=6, rotation=90)
             if row.published is not None:
                 ax.plot([x - width / 2, x + width / 2], [row.published[m]] * 2, color="black", linewidth=2)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
-    labels = list(report.METRICS)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[m]) for m in table.metrics]
+    labels = [report.METRICS[m] for m in table.metrics]
     if any(r.published is not None for r in rows):
         handles.append(plt.Line2D([0], [0], color="black", linewidth=2))
         labels.append("published")
@@ -282,7 +326,8 @@ def table_figure(table: Table):
     ax.set_ylim(0, 105)
     ax.set_ylabel("%")
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"Transfer / Avg. / Last, {'MTIL Order' if table.order in ('I', 'II') else 'order'} {table.order}")
+    kind = "CIL" if table.cil else "MTIL Order" if table.order in ("I", "II") else "order"
+    ax.set_title(f"{' / '.join(labels[:len(table.metrics)])}, {kind} {table.order}")
     return fig
 
 

@@ -1,18 +1,36 @@
 """The resolved configuration of a training run (``TrainConfig``), its learning-rate schedule, and how a run is fed.
 
 A run directory keeps ``config.json`` = ``asdict(TrainConfig)``; fields added later hold their defaults there.
+
+Some defaults depend on the order (MTIL or a CIL setting) and, for a few baselines, on the method: such a field is
+``None`` in the class and is filled in at construction from :func:`setting_defaults`, so a ``TrainConfig`` (and its
+``config.json``) always holds the values the run uses. ``dataclasses.replace`` keeps the filled values.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from pipeline.datasets import catalog
 
 LR_BY_TASK = {"aircraft": 5e-5, "mnist": 5e-5}  # REFERENCE.md; every other MTIL dataset: 1e-5
 DEFAULT_LR, MINI_LR = 1e-5, 1e-3
+# Per-setting defaults (REFERENCE.md). MTIL: 1,000 steps per task, 100 warm-up, smoothing 0.2, wd 0, lr per dataset.
+MTIL_DEFAULTS: dict[str, object] = {"iterations": 1000, "warmup": 100, "label_smoothing": 0.2, "weight_decay": 0.0,
+                                    "alpha": 1.0, "ensemble_every": 100, "memory_size": 10000}
+# CIL (the harness): one epoch over each step's images, lr 7.1e-6, 30 warm-up iterations; smoothing / wd per dataset;
+# the baselines' distillation weight 5 (rows and columns), ZSCL's ensemble every 10 iterations, 5,000 exemplars.
+CIL_DEFAULTS: dict[str, object] = {"epochs": 1.0, "lr": 7.1e-6, "warmup": 30, "label_smoothing": 0.2,
+                                   "weight_decay": 0.0, "alpha": 1.0, "ensemble_every": 10, "memory_size": 5000}
+CIL_DATASET_DEFAULTS: dict[str, dict[str, object]] = {
+    "tinyimagenet": {"label_smoothing": 0.0, "weight_decay": 0.1},
+    # mini-cil: scikit-learn's ~140 images per step; the tiny CLIP needs a larger lr and more passes
+    "mini-digits": {"lr": MINI_LR, "epochs": 10.0, "warmup": 5},
+}
+CIL_METHOD_DEFAULTS: dict[str, dict[str, object]] = {"lwf": {"alpha": 5.0}, "lwf-vr": {"alpha": 5.0},
+                                                     "zscl": {"alpha": 5.0}}
 
 
 @dataclass(frozen=True)
@@ -27,13 +45,16 @@ class TrainConfig:
     shard_family: str | None = None
     clip_arch: str = "ViT-B-16"
     clip_weights: str = "openai"
-    iterations: int = 1000
+    iterations: int | None = None  # steps per task (None: the setting's: 1000 MTIL; CIL: `epochs` over each step)
+    epochs: float | None = None  # CIL: passes over each step's training images, ceil(epochs·N/batch) steps (default 1)
     batch_size: int = 64
     synthetic_batch: int = 64
     synthetic_budget: int = 1000
-    lr: float | None = None  # None: per dataset (5e-5 aircraft and mnist, 1e-5 others; 1e-3 for mini tasks)
-    warmup: int = 100
-    weight_decay: float = 0.0
+    lr: float | None = None  # None: per dataset (5e-5 aircraft and mnist, 1e-5 others; 1e-3 for mini tasks); CIL 7.1e-6
+    warmup: int | None = None  # linear warm-up steps (None: 100 MTIL, 30 CIL)
+    weight_decay: float | None = None  # AdamW (None: 0; TinyImageNet CIL 0.1)
+    label_smoothing: float | None = None  # of CE on the real batch (None: 0.2; TinyImageNet CIL 0)
+    class_order: str | None = None  # CIL: another class order, its labels as text ("87,0,52,..."; None: the setting's)
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     compile: bool = False  # torch.compile the student's training forward (numerics only)
@@ -42,7 +63,7 @@ class TrainConfig:
     cd: bool = True
     ita: bool = True
     awc: bool = True
-    alpha: float = 1.0
+    alpha: float | None = None  # CD weight α (1); the distillation weight of lwf / lwf-vr / zscl (1 MTIL, 5 CIL)
     beta: float = 0.25
     lam: float = 1.0
     temperature: float = 2.0
@@ -58,9 +79,19 @@ class TrainConfig:
     random_texts: int = 1000  # lwf-vr: random 10-token sentences
     reference_images: str | None = None  # zscl: an ImageFolder of real images (ImageNet train in the paper)
     reference_texts: str | None = None  # zscl: a captions file, one per line
-    ensemble_every: int = 100  # zscl: weight-ensemble snapshot interval (steps)
-    memory_size: int = 10000  # icarl: exemplars kept over all seen classes
+    ensemble_every: int | None = None  # zscl: weight-ensemble snapshot interval (steps; None: 100 MTIL, 10 CIL)
+    memory_size: int | None = None  # icarl: exemplars kept over all seen classes (None: 10,000 MTIL, 5,000 CIL)
     ewc_samples: int = 256  # ewc: synthetic samples for the static Fisher before each task
+
+    def __post_init__(self) -> None:
+        if self.iterations is not None and self.epochs is not None:
+            raise ValueError(f"--iterations {self.iterations} and --epochs {self.epochs:g} exclude each other; give one")
+        given = {f.name for f in fields(self) if getattr(self, f.name) is not None}
+        for key, value in setting_defaults(self.order, self.method).items():
+            if key not in given and not (key in ("iterations", "epochs") and given & {"iterations", "epochs"}):
+                object.__setattr__(self, key, value)  # frozen: filled once, here
+        if self.class_order is not None and not catalog.is_cil(self.order):
+            raise ValueError(f"--class-order applies to CIL settings, not to order {self.order!r}")
 
     @property
     def run_name(self) -> str:
@@ -70,6 +101,22 @@ class TrainConfig:
         if self.lr is not None:
             return self.lr
         return MINI_LR if task in catalog.MINI_TASKS else LR_BY_TASK.get(task, DEFAULT_LR)
+
+    def steps_for(self, images: int) -> int:
+        """Training steps of a task with ``images`` training images: ``iterations``, or ``epochs`` passes."""
+        if self.iterations is not None:
+            return self.iterations
+        return max(1, math.ceil(self.epochs * images / self.batch_size))
+
+
+def setting_defaults(order: str, method: str) -> dict[str, object]:
+    """The values the ``None`` fields of a TrainConfig take on ``order`` for ``method`` (unknown order: an error
+    listing the valid ones)."""
+    catalog.get_order(order)
+    if not catalog.is_cil(order):
+        return dict(MTIL_DEFAULTS)
+    dataset = catalog.get_setting(order).dataset
+    return {**CIL_DEFAULTS, **CIL_DATASET_DEFAULTS.get(dataset, {}), **CIL_METHOD_DEFAULTS.get(method, {})}
 
 
 def lr_at(step: int, base: float, warmup: int, total: int) -> float:

@@ -8,15 +8,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.evaluation.report import write_report
-from pipeline.tables.presets import comparable
+from pipeline.evaluation.cil import StepResult
 from shards.layout import atomic_write_bytes
 
 from .config import FREE_ON_RESUME, TrainConfig
@@ -31,8 +29,10 @@ def prepare_run_dir(config: TrainConfig) -> tuple[Path, dict]:
     run_dir = Path(config.runs) / config.run_name
     cfg = asdict(config)
     if (run_dir / "config.json").exists():
-        # fields added to TrainConfig after the run was made hold their defaults there
-        saved = {**asdict(TrainConfig()), **json.loads((run_dir / "config.json").read_text())}
+        # fields added to TrainConfig after the run was made hold their (setting's) defaults there
+        raw = json.loads((run_dir / "config.json").read_text())
+        known = {f.name for f in fields(TrainConfig)}
+        saved = {**raw, **asdict(TrainConfig(**{k: v for k, v in raw.items() if k in known}))}
         differs = sorted(k for k in set(saved) | set(cfg) if saved.get(k) != cfg.get(k) and k not in FREE_ON_RESUME)
         if differs:
             raise RunDirError(f"{run_dir} holds a run with another configuration (differs in: {', '.join(differs)}); "
@@ -45,20 +45,24 @@ def prepare_run_dir(config: TrainConfig) -> tuple[Path, dict]:
     return run_dir, state
 
 
-def finish_task(run_dir: Path, state: dict, model, index: int, row: list[float], config: TrainConfig,
-                 order: list[str]) -> None:
-    """Checkpoint (new file, then state.json by rename, then drop the old file), then rewrite the report."""
+def finish_task(run_dir: Path, state: dict, model, index: int, result: StepResult, protocol) -> None:
+    """Checkpoint (new file, then state.json by rename, then drop the old file), then rewrite the report.
+
+    state.json keeps the accuracy rows (``acc``; ``null`` where nothing was evaluated, above a CIL matrix's
+    diagonal) and one list per extra value of the step (CIL: ``seen``)."""
     from safetensors.torch import save_file
 
+    config = protocol.config
     name = f"checkpoint-task{index + 1:02d}.safetensors"
     tmp = run_dir / f".{name}.tmp-{os.getpid()}"
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp,
-              metadata={"task": order[index], "index": str(index), "config": json.dumps(asdict(config))})
+              metadata={"task": protocol.steps[index], "index": str(index), "config": json.dumps(asdict(config))})
     os.replace(tmp, run_dir / name)
     old = state["checkpoint"]
-    state.update(finished=index + 1, acc=[*state["acc"], row], checkpoint=name, updated=time.time())
+    row = [None if math.isnan(v) else v for v in result.row]
+    extra = {k: [*state.get(k, []), v] for k, v in result.extra.items()}
+    state.update(finished=index + 1, acc=[*state["acc"], row], checkpoint=name, updated=time.time(), **extra)
     atomic_write_bytes(run_dir / "state.json", (json.dumps(state, indent=1) + "\n").encode())
     if old and old != name:
         (run_dir / old).unlink(missing_ok=True)
-    write_report(run_dir, names=order, acc=np.array(state["acc"]), method=config.method, order=config.order,
-                 comparable=comparable(asdict(config)))
+    protocol.write_report(run_dir, state)

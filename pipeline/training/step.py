@@ -37,7 +37,7 @@ def run_step(ctx: TaskContext, method, replay_batch, real_batch, class_tokens: t
     mark("awc")
     with autocast:
         img, txt = ctx.local_features(real_batch.images, class_tokens)
-        ce = classification_loss(img, txt, real_batch.labels)
+        ce = classification_loss(img, txt, real_batch.labels, ctx.config.label_smoothing)
     ce.backward()
     for p in ctx.params:
         if p.grad is None:

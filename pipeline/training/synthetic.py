@@ -1,6 +1,7 @@
 """The synthetic stream of stage 2: which rendered images task t replays, decoded once into memory.
 
-For task t of an order, the pool is the order's base set (ImageNet, or ``mini-base``) + tasks 1..t−1. The
+For task t of an order, the pool is the order's base set (ImageNet, or ``mini-base``) + tasks 1..t−1 (in CIL: the
+base names + the classes of steps 1..t−1, from the dataset's set; see ``Protocol.pools``). The
 per-task budget draws pool classes uniformly with replacement and, per class, takes images not yet used in
 this run first. The draw is a pure function of the seed and the pool's shard records, so a resumed run
 replays exactly what an uninterrupted one would.
@@ -16,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.datasets import catalog
 from shards.errors import ShardSetError
 from shards.layout import parquet_path, spec_hash, tar_path
 from shards.manifest import IMAGES, find_sets, load_manifest, read_rows, set_kind
@@ -106,9 +106,10 @@ def class_images(sets: dict[str, Path]) -> dict[tuple[str, int], list[SampleRef]
     return out
 
 
-def draw_schedule(order: Sequence[str], base: str, images: dict[tuple[str, int], list[SampleRef]],
+def draw_schedule(pools: Sequence[Sequence[tuple[str, int]]], images: dict[tuple[str, int], list[SampleRef]],
                   budget: int, seed: int) -> list[list[SampleRef]]:
-    """The synthetic draw of every task of ``order`` (task 1 replays only the base pool).
+    """The synthetic draw of every step, from its pool of (set, class) pairs (``Protocol.pools``: MTIL task t's is
+    the base set + tasks 1..t-1; CIL step t's the base names + the classes of steps 1..t-1).
 
     Classes uniformly with replacement over the pool; per class, a seeded shuffle of its images consumed in
     turn across the whole run (unused images first), reshuffled when exhausted.
@@ -116,9 +117,8 @@ def draw_schedule(order: Sequence[str], base: str, images: dict[tuple[str, int],
     rng = np.random.default_rng(seed)
     queues: dict[tuple[str, int], list[SampleRef]] = {}
     schedule = []
-    pool = [base]
-    for task in order:
-        classes = [(t, c) for t in pool for c in range(catalog.get_task(t).num_classes) if images.get((t, c))]
+    for pool in pools:
+        classes = [cls for cls in pool if images.get(cls)]
         picks = rng.integers(len(classes), size=budget)
         drawn = []
         for k in picks:
@@ -127,7 +127,6 @@ def draw_schedule(order: Sequence[str], base: str, images: dict[tuple[str, int],
                 queues[cls] = [images[cls][i] for i in rng.permutation(len(images[cls]))]
             drawn.append(queues[cls].pop(0))
         schedule.append(drawn)
-        pool.append(task)
     return schedule
 
 

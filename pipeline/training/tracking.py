@@ -1,14 +1,15 @@
 """What a training run reports to TensorBoard / W&B (``gift train --report-to``): the ``train.Tracker`` hooks.
 
-On one global step axis, ``task index · iterations + step``, so tasks follow each other and a resumed run lands
-on the steps it would have had:
+On one global step axis, the steps of the tasks before + the step in the task, so tasks follow each other and a
+resumed run lands on the steps it would have had:
 
     train/<term>, train/lr        every row of metrics.jsonl (every 10 steps and a task's last step)
     train/steps_per_s             between two such rows of one task (wall clock of rank 0)
-    accuracy/<dataset>, /mean     the accuracy-matrix row after each task, at the task's last step
-    summary/transfer, avg, last   Transfer / Avg. / Last over the finished rows, at the same step (and the W&B
-                                  run summary)
-    acc_matrix, curves            report.py's heat map and curves, as images, at the same step
+    accuracy/..., summary/...     after each task, at its last step, what its protocol reports (``Protocol.tracked``):
+                                  MTIL the accuracy-matrix row and Transfer / Avg. / Last, CIL the accuracy on every
+                                  seen class, on each step's classes, and Avg / Last / forgetting (summary also the
+                                  W&B run summary)
+    acc_matrix, curves            the report's heat map and curves, as images, at the same step
 
 Everything is written under the run directory (``tensorboard/``, ``wandb/``, ``tracking.json``), by rank 0 only.
 On opening, what a backend lacks of the tasks already finished is logged from the run directory itself
@@ -25,14 +26,12 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from pipeline.evaluation.metrics import summarize
-from pipeline.evaluation.report import curves_figure, heatmap_figure
 from pipeline.tracking import Trackers
 
 from .config import TrainConfig
+from .protocol import Protocol
 
 # metrics.jsonl fields that say where a row is, not what was measured
 POSITION = ("task", "index", "step")
@@ -47,32 +46,32 @@ class TrainTracking:
     def __init__(self, report_to: Sequence[str]):
         self.report_to = tuple(report_to)
         self.tracker: Trackers | None = None
-        self.iterations = 1
-        self.title = ""
+        self.offsets: list[int] = [0]
         self.last: tuple[int, int, float] | None = None  # (task index, global step, time) of the previous row
 
-    def open(self, run_dir: Path, config: TrainConfig, names: list[str], acc: list[list[float]]) -> None:
-        """Start (or continue) the run's log; ``acc`` holds the rows of the tasks already finished."""
+    def open(self, run_dir: Path, config: TrainConfig, protocol: Protocol, state: dict, offsets: list[int]) -> None:
+        """Start (or continue) the run's log; ``state`` (state.json) holds the tasks already finished; ``offsets[i]``
+        is task i's first global step."""
         self.tracker = Trackers(run_dir, self.report_to, name=config.run_name, config=asdict(config))
-        self.iterations = config.iterations
-        self.title = f"{config.method}, Order {config.order}"
+        self.offsets = list(offsets)
         self.last = None
-        self._replay(run_dir, names, acc)
+        self._replay(run_dir, protocol, state)
 
-    def _replay(self, run_dir: Path, names: list[str], acc: list[list[float]]) -> None:
+    def _replay(self, run_dir: Path, protocol: Protocol, state: dict) -> None:
         """Log the finished tasks' metrics.jsonl rows and accuracy rows that some backend does not hold yet."""
-        if not acc or not self.tracker.wants(len(acc) * self.iterations - 1):
+        done = state["finished"]
+        if not done or not self.tracker.wants(self.offsets[done] - 1):
             return
         metrics = run_dir / "metrics.jsonl"
         rows: dict[int, dict] = {}  # by global step; an interrupted task's rows were written again by its rerun
         for line in metrics.read_text().splitlines() if metrics.exists() else []:
             record = json.loads(line)
-            if record["index"] < len(acc):
-                rows[record["index"] * self.iterations + record["step"]] = record
-        for index in range(len(acc)):
+            if record["index"] < done:
+                rows[self.offsets[record["index"]] + record["step"]] = record
+        for index in range(done):
             for step in sorted(s for s, r in rows.items() if r["index"] == index):
                 self.tracker.log(_values(rows[step]), step)
-            self.evaluated(index, names, acc[: index + 1])
+            self.evaluated(index, protocol, state)
 
     def metrics(self, record: dict, step: int) -> None:
         values = _values(record)
@@ -82,21 +81,14 @@ class TrainTracking:
         self.last = (record["index"], step, now)
         self.tracker.log(values, step)
 
-    def evaluated(self, index: int, names: list[str], acc: list[list[float]]) -> None:
-        """After task ``index``: its row of the ``(index + 1, T)`` accuracy matrix ``acc``, the summary, the figures."""
-        step = (index + 1) * self.iterations - 1
+    def evaluated(self, index: int, protocol: Protocol, state: dict) -> None:
+        """After task ``index`` (``state`` holds at least its row): what the protocol reports, the summary, the figures."""
+        step = self.offsets[index + 1] - 1
         if not self.tracker.wants(step):
             return  # held already (replaying a resumed run): skip drawing the figures
-        matrix = np.asarray(acc, dtype=float)
-        summary = summarize(matrix, names)
-        totals = {"transfer": summary.transfer, "avg": summary.avg, "last": summary.last}
-        values = {f"accuracy/{name}": value for name, value in zip(names, matrix[index], strict=True)}
-        values["accuracy/mean"] = float(matrix[index].mean())
-        values.update({f"summary/{k}": v for k, v in totals.items()})
-        title = self.title + (f" ({index + 1} of {len(names)} tasks done)" if index + 1 < len(names) else "")
-        images = {"acc_matrix": _png(heatmap_figure(matrix, names, title)),
-                  "curves": _png(curves_figure(matrix, names, title))}
-        self.tracker.log(values, step, images=images)
+        values, totals, figures = protocol.tracked(state, index)
+        self.tracker.log({**values, **{f"summary/{k}": v for k, v in totals.items()}}, step,
+                         images={name: _png(fig) for name, fig in figures.items()})
         self.tracker.summary({**totals, "tasks_finished": index + 1})
         self.last = None  # evaluation is not training time
 

@@ -1,4 +1,6 @@
-"""Stage 2: continual fine-tuning over an order of tasks, evaluating after each, with resumable run directories.
+"""Stage 2: continual fine-tuning over an order of tasks (MTIL) or a class-incremental setting's steps (CIL),
+evaluating after each, with resumable run directories. What differs between the two is the protocol
+(:mod:`pipeline.training.protocol`: each step's data and prompts, the replay pool, the evaluation, the report).
 
     runs/<name>/config.json        the resolved TrainConfig (a run directory is never reused for another config)
                train.log, metrics.jsonl
@@ -29,18 +31,15 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.datasets import catalog
-from pipeline.datasets.splits import task_dataset
 from pipeline.dist import Dist
-from pipeline.evaluation.evaluate import TestSet, evaluate_order
 from pipeline.methods import TaskContext, get_method
 from pipeline.methods.base import student_features
 from pipeline.models import ClipFeatures, ClipSpec, eval_resize, image_size, load_clip, train_transform
 from pipeline.models import tokenizer as clip_tokenizer
 from shards.errors import ShardSetError
-from shards.layout import spec_hash
 
 from .config import TrainConfig, loader_workers, lr_at
+from .protocol import Protocol, protocol_for
 from .replay import ImageStream
 from .rundir import finish_task, prepare_run_dir
 from .step import LossLog, run_step
@@ -60,11 +59,12 @@ class Progress:
 
 class Tracker:
     """Hooks for experiment trackers (``--report-to``, pipeline/training/tracking.py), called on rank 0 only; the
-    default does nothing. ``step`` is the run's global step: task index · iterations + step in the task."""
+    default does nothing. ``step`` is the run's global step: the steps of the tasks before + the step in the task;
+    ``offsets[i]`` is task i's first global step (``offsets[T]`` the run's total)."""
 
-    def open(self, run_dir: Path, config: TrainConfig, names: list[str], acc: list[list[float]]) -> None: ...
+    def open(self, run_dir: Path, config: TrainConfig, protocol: Protocol, state: dict, offsets: list[int]) -> None: ...
     def metrics(self, record: dict, step: int) -> None: ...  # a row of metrics.jsonl, when it is written
-    def evaluated(self, index: int, names: list[str], acc: list[list[float]]) -> None: ...  # rows 0..index
+    def evaluated(self, index: int, protocol: Protocol, state: dict) -> None: ...  # state.json after task index
     def close(self) -> None: ...
 
 
@@ -72,14 +72,6 @@ def _seed(config: TrainConfig, index: int) -> torch.Generator:
     torch.manual_seed(config.seed * 1000 + index)
     np.random.seed(config.seed * 1000 + index)
     return torch.Generator().manual_seed(config.seed * 1000 + index)
-
-
-def _test_cache(config: TrainConfig, task: str, size: int, n: int) -> Path | None:
-    """Where a task's decoded test split is cached: shared by the runs under --runs, keyed by what defines it."""
-    if task in catalog.MINI_TASKS:
-        return None  # small; decoded in memory
-    key = {"task": task, "size": size, "n": n, "root": str(Path(config.data_root).resolve())}
-    return Path(config.runs) / ".cache" / "test" / f"{task}-{size}-{spec_hash(key)[:12]}.npy"
 
 
 def _shards_root(config: TrainConfig, pool: list[str]) -> Path:
@@ -107,8 +99,7 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
         torch.cuda.set_device(device)
     method_cls = get_method(config.method)
     method_cls.check(config)
-    order = catalog.get_order(config.order)
-    tasks = [catalog.get_task(t) for t in order]
+    protocol = protocol_for(config)
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"unknown precision {config.precision!r}; choose fp32 or bf16")
     if config.workers is not None and config.workers < 0:
@@ -119,10 +110,10 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
                              "equal share of the batch")
     amp = torch.bfloat16 if config.precision == "bf16" else None
     # Load everything that can fail on bad input before creating the run directory.
-    datasets = {t: task_dataset(t, "train", config.data_root) for t in order}
-    tests_data = {t: task_dataset(t, "test", config.data_root) for t in order}
+    datasets = protocol.train_sets()
     model = load_clip(ClipSpec(config.clip_arch, config.clip_weights, config.seed), device)
     size = image_size(model)
+    tests = protocol.test_sets(size)
     tokenize = clip_tokenizer()
     schedule = sets = None
     own_group = dist.init(device)
@@ -131,8 +122,7 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
         if method_cls.uses_synthetic:
             from .synthetic import class_images, draw_schedule, find_pool_sets, verify_pool
 
-            base = catalog.BASE_POOL[config.order]
-            pool = [base, *order[:-1]]
+            pool = protocol.pool_sets
             # Rank 0 fetches (from a store) and verifies once; the others then read the same sets. A rank that
             # cannot (a missing or broken set; a node without the shared --shards) stops every rank with its reason.
             failure = None
@@ -151,16 +141,17 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
                 except ShardSetError as e:
                     failure = str(e)
             dist.agree(failure, "--shards must be on a filesystem all nodes share, or a store URL")
-            schedule = draw_schedule(order, base, class_images(sets), config.synthetic_budget, config.seed)
-        return _run(config, dist, progress, device, method_cls, order, tasks, datasets, tests_data, model, size,
+            schedule = draw_schedule(protocol.pools(), class_images(sets), config.synthetic_budget, config.seed)
+        return _run(config, dist, progress, device, method_cls, protocol, datasets, tests, model, size,
                     tokenize, sets, schedule, amp, tracker)
     finally:
         if own_group:
             torch.distributed.destroy_process_group()
 
 
-def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tests_data, model, size, tokenize,
+def _run(config, dist, progress, device, method_cls, protocol: Protocol, datasets, tests, model, size, tokenize,
          sets, schedule, amp, tracker) -> Path:
+    order = protocol.steps
     if dist.main:
         run_dir, state = prepare_run_dir(config)
     dist.barrier()
@@ -172,15 +163,14 @@ def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tes
         file_log.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         logging.getLogger("gift").addHandler(file_log)
     try:
-        tracker.open(run_dir, config, order, state["acc"])
+        offsets = np.cumsum([0] + [config.steps_for(len(datasets[t])) for t in order]).tolist()
+        tracker.open(run_dir, config, protocol, state, offsets)
         initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if state["checkpoint"]:
             from safetensors.torch import load_file
 
             model.load_state_dict(load_file(run_dir / state["checkpoint"]))
             log.info("resuming %s after task %d of %d", run_dir, state["finished"], len(order))
-        tests = [TestSet(tests_data[t], eval_resize(size), workers=loader_workers(config),
-                         cache=_test_cache(config, t, size, len(tests_data[t]))) for t in order]
         if dist.world > 1:  # rank 0 fills the shared cache files; the others then map them
             if dist.main:
                 for test in tests:
@@ -197,6 +187,7 @@ def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tes
             # (trimmed per task) recompile once, then dynamo treats the width as dynamic
             student = torch.compile(student)
         method = method_cls(config)
+        evaluate = protocol.evaluator(tests, tokenize, device, amp, dist, frozen=not method.trains)
         for index, task in enumerate(order):
             if index < state["finished"]:
                 continue
@@ -207,14 +198,15 @@ def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tes
                     from .synthetic import load_draw
 
                     synth = load_draw(sets, schedule[index], eval_resize(size), tokenize)
-                _train_task(config, index, task, model, student, dist, initial_state, method, datasets, synth,
-                            size, tokenize, generator, device, amp, run_dir, progress, tracker)
-            row = evaluate_order(model, tasks, tests, tokenize, device, amp, dist)
-            progress.evaluated(index, task, row)
-            log.info("after %s: %s", task, "  ".join(f"{t} {a:.1f}" for t, a in zip(order, row, strict=True)))
+                _train_task(config, protocol, index, task, model, student, dist, initial_state, method, datasets,
+                            synth, size, tokenize, generator, device, amp, run_dir, progress, tracker, offsets[index])
+            result = evaluate(model, index)
+            progress.evaluated(index, task, result.row)
+            log.info("after %s: %s%s", task, "  ".join(f"{t} {a:.1f}" for t, a in zip(order, result.row, strict=True)
+                                                     if a == a), "".join(f"  | {k} {v:.1f}" for k, v in result.extra.items()))
             if dist.main:
-                finish_task(run_dir, state, model, index, row, config, order)
-                tracker.evaluated(index, order, state["acc"])
+                finish_task(run_dir, state, model, index, result, protocol)
+                tracker.evaluated(index, protocol, state)
             else:
                 state.update(finished=index + 1)
             dist.barrier()
@@ -226,43 +218,45 @@ def _run(config, dist, progress, device, method_cls, order, tasks, datasets, tes
     return run_dir
 
 
-def _train_task(config, index, task, model, student, dist, initial_state, method, datasets, synth, size, tokenize,
-                generator, device, amp, run_dir, progress, tracker) -> None:
+def _train_task(config, protocol, index, task, model, student, dist, initial_state, method, datasets, synth, size,
+                tokenize, generator, device, amp, run_dir, progress, tracker, first_step: int) -> None:
+    """Train step ``index`` of the run; ``first_step``: its first step on the run's global step axis (tracking)."""
     params = [p for p in model.parameters() if p.requires_grad]
     forward = functools.partial(student_features, student)
-    workers = loader_workers(config) if task not in catalog.MINI_TASKS else 0  # mini: a few hundred images
+    workers = 0 if protocol.in_memory else loader_workers(config)  # mini: a few hundred images
     real_seed, replay_seed = torch.randint(0, 2**62, (2,), generator=generator).tolist()
     ctx = TaskContext(index, task, model, initial_state, config, device, params,
                       [p.detach().clone() for p in params] if method.uses_anchor else [], dist, forward,
                       synthetic=synth, datasets=datasets, replay_seed=replay_seed, image_size=size, run_dir=run_dir,
-                      workers=workers)
+                      workers=workers, lookup=protocol.task)
     method.begin_task(ctx)
     replay = method.replay_stream(ctx)
     real = ImageStream(datasets[task], train_transform(size, uint8=True), config.batch_size, real_seed, dist, device,
                        workers=workers)
-    spec = catalog.get_task(task)
+    spec = protocol.task(task)
+    steps = config.steps_for(len(datasets[task]))
     class_tokens = tokenize([spec.prompt(c) for c in range(spec.num_classes)]).to(device)  # trimmed, once per task
     base_lr = config.lr_for(task)
     optimizer = torch.optim.AdamW(params, lr=base_lr, betas=(0.9, 0.999), weight_decay=config.weight_decay,
                                   fused=device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
-    progress.start_task(index, task, config.iterations)
+    progress.start_task(index, task, steps)
     model.train()
     metrics = open(run_dir / "metrics.jsonl", "a") if dist.main else None
     loss_log = LossLog(ctx)  # losses stay on the device between logged steps: no per-step synchronisation
     try:
-        for step in range(config.iterations):
+        for step in range(steps):
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, base_lr, config.warmup, config.iterations)
+                group["lr"] = lr_at(step, base_lr, config.warmup, steps)
             loss_log.add(step, run_step(ctx, method, replay.next() if replay is not None else None, real.next(),
                                         class_tokens, optimizer, autocast))
             method.after_step(ctx, step)
-            losses = loss_log.read(step) if loss_log.due(step, config.iterations) else None
+            losses = loss_log.read(step) if loss_log.due(step, steps) else None
             progress.step(losses)
             if metrics and losses is not None:
                 record = {"task": task, "index": index, "step": step, "lr": optimizer.param_groups[0]["lr"], **losses}
                 metrics.write(json.dumps(record) + "\n")
-                tracker.metrics(record, index * config.iterations + step)
+                tracker.metrics(record, first_step + step)
     finally:
         if metrics:
             metrics.close()
