@@ -7,7 +7,8 @@ and the captioner by name and revision, so the set's address ``OUT/<task>/<spec-
 captioned and how. Records are written in shards by the same writer as image sets (``shards.setio.SetWriter``):
 each shard a tar of ``KEY.txt`` + ``KEY.json`` written under a temporary name, fsynced and renamed, its parquet record
 after it, the manifest rewritten after each shard and last. Re-running the same command skips finished shards whose
-checksums hold and captions the rest.
+checksums hold and captions the rest. It runs as one process (``torchrun`` is refused): unlike rendering, shards are
+not split over ranks, so no shared-directory check (``pipeline.dist``) is needed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from PIL import Image
 
 from pipeline.datasets import catalog
 from pipeline.datasets.splits import task_dataset
+from pipeline.dist import Dist
 from pipeline.generation.generate import default_device, library_versions, render_record
 from pipeline.models import ClipSpec, load_clip
 from shards.captions import caption_bytes, read_caption_rows
@@ -134,7 +136,13 @@ def caption_task(
     progress: Progress | None = None,
 ) -> CaptionResult:
     """Caption (or finish captioning) ``per_class`` chosen images of each class of ``task``'s ``split`` under
-    ``out``; returns where the set is and what was done."""
+    ``out``; returns where the set is and what was done.
+
+    One process: under ``torchrun`` (WORLD_SIZE > 1) it refuses to start, as every rank would caption every shard.
+    """
+    if (world := Dist.from_env().world) > 1:
+        raise CaptionSpecError(f"gift caption runs as one process, here it is one of {world} (torchrun): run it "
+                               "without torchrun, on one device (--device)")
     try:
         task_info = catalog.get_task(task)
     except catalog.UnknownTaskError as e:
