@@ -253,9 +253,37 @@ def test_ls_info_and_preview(reference_set, tmp_path):
     r = run_gift("shards", "preview", reference_set, "--out", sheet, "--n", "6", "--columns", "3")
     assert r.returncode == 0, r.stderr
     with Image.open(sheet) as im:
-        assert im.size == (3 * 256, 2 * (256 + 3 * 12 + 6))
+        assert im.size == (3 * 256, 2 * (256 + 3 * 20 + 6))  # 256-px cells, three caption lines of 14-px text
     r = run_gift("shards", "preview", reference_set, "--out", sheet)
     assert r.returncode == 2 and "--force" in r.stderr
+
+
+def test_contact_sheet_captions_are_legible_and_stay_in_their_cell(reference_set, tmp_path):
+    from shards.preview import CAPTION_LINES, caption_font, caption_lines, contact_sheet
+
+    font = caption_font(96)
+    assert font.size >= 12 and font.getlength(" ") >= 3  # a visible space between words, even on small cells
+    prompt = "a centered satellite photo of industrial buildings or commercial buildings."
+    lines = caption_lines(prompt, caption_font(256), 250)  # the default 256-px cell
+    assert 1 < len(lines) <= CAPTION_LINES and " ".join(lines) == prompt  # wrapped at spaces, nothing lost
+    assert all(caption_font(256).getlength(line) <= 250 for line in lines)
+    cut = caption_lines(prompt, font, 40)  # more than three lines' worth: cut, and marked as cut
+    assert len(cut) == CAPTION_LINES and cut[-1].endswith("…") and all(font.getlength(s) <= 40 for s in cut)
+    pieces = caption_lines("Supercalifragilistic", font, 30, max_lines=10)  # a word wider than the cell is split
+    assert len(pieces) > 1 and "".join(pieces) == "Supercalifragilistic" and all(font.getlength(s) <= 30 for s in pieces)
+
+    # On a sheet of small cells the prompts ('a photo of the number: "0 - zero".') wrap, and no caption pixel
+    # crosses into the next column.
+    sheet = tmp_path / "small.png"
+    assert contact_sheet(reference_set, sheet, n=4, columns=2, cell=96) == 4
+    ink = np.asarray(Image.open(sheet).convert("L")) < 128
+    cell_h = ink.shape[0] // 2
+    for row in range(2):
+        caption = ink[row * cell_h + 96 : (row + 1) * cell_h]
+        assert caption.any(axis=1).sum() > 14  # more than one line of text
+        for col in range(2):
+            columns_with_ink = np.flatnonzero(caption[:, col * 96 : (col + 1) * 96].any(axis=0))
+            assert columns_with_ink.min() >= 2 and columns_with_ink.max() <= 96 - 3, (row, col)
 
 
 def test_missing_sd15_weights_say_what_was_searched(tmp_path):
