@@ -57,7 +57,7 @@ def test_finetune_forgets_task_one_and_gift_forgets_clearly_less(workspace):
 
 
 class _HoldInTask2(Progress):
-    """The training loop's own progress hooks, used to hold a run at a known point: step 10 of task 2 (after
+    """The training loop's own progress hooks, used to hold a run at a known point: step 6 of task 2 (after
     task 1's checkpoint, before task 2's), where it waits until it is killed."""
 
     def __init__(self, marker: Path):
@@ -68,7 +68,7 @@ class _HoldInTask2(Progress):
 
     def step(self, losses: dict[str, float]) -> None:
         self.steps += 1
-        if self.index == 1 and self.steps == 10:
+        if self.index == 1 and self.steps == 6:
             self.marker.touch()
             threading.Event().wait()  # forever: only the test's SIGKILL ends this process
 
@@ -79,14 +79,14 @@ def _train_until_killed(config: TrainConfig, marker: Path) -> None:
 
 def test_killed_run_resumes_to_exactly_the_uninterrupted_matrix(workspace, tmp_path):
     root, _ = workspace
-    args = cli_args(workspace, "--method", "gift", "--iterations", "25")
+    args = cli_args(workspace, "--method", "gift", "--iterations", "12")
     r = run_gift(*args, "--name", "whole")
     assert r.returncode == 0, r.stderr
-    # The run to kill is the CLI's config, trained in a child process that waits at step 10 of task 2: the kill
+    # The run to kill is the CLI's config, trained in a child process that waits at step 6 of task 2: the kill
     # lands there on any machine, never after the run has finished.
     marker = tmp_path / "in-task-2"
     child = multiprocessing.get_context("spawn").Process(
-        target=_train_until_killed, args=(mini_config(workspace, method="gift", iterations=25, name="killed"), marker))
+        target=_train_until_killed, args=(mini_config(workspace, method="gift", iterations=12, name="killed"), marker))
     child.start()
     deadline = time.time() + 300
     while not marker.exists():
