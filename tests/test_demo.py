@@ -41,8 +41,15 @@ def test_spread_over_two_seeds_by_hand():
         spread([A, A[:2]], NAMES)  # an unfinished run has no place in the table
 
 
-@pytest.mark.parametrize("seeds, message", [("0,x", "comma-separated"), ("1,1", "distinct"), ("-1", "non-negative")])
-def test_bad_seed_lists_are_refused_before_anything_runs(tmp_path, seeds, message):
-    r = run_gift("demo", "--seed", seeds, "--out", tmp_path / "demo")
-    assert r.returncode == 2 and "--seed" in r.stderr and message in " ".join(r.stderr.split()), r.stderr
+def test_bad_seed_lists_are_refused_before_anything_runs(tmp_path):
+    import typer
+
+    from cli.demo_cmd import parse_seeds
+
+    r = run_gift("demo", "--seed", "0,x", "--out", tmp_path / "demo")
+    assert r.returncode == 2 and "--seed" in r.stderr and "comma-separated" in " ".join(r.stderr.split()), r.stderr
     assert not (tmp_path / "demo").exists()
+    assert parse_seeds("0") == [0] and parse_seeds("2,0,1") == [2, 0, 1]
+    for bad, message in (("1,1", "distinct"), ("-1", "non-negative"), ("", "comma-separated")):
+        with pytest.raises(typer.BadParameter, match=message):
+            parse_seeds(bad)

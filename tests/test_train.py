@@ -88,12 +88,15 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_matrix(workspace, tmp_p
     child = multiprocessing.get_context("spawn").Process(
         target=_train_until_killed, args=(mini_config(workspace, method="gift", iterations=12, name="killed"), marker))
     child.start()
-    deadline = time.time() + 300
-    while not marker.exists():
-        assert child.is_alive() and time.time() < deadline, "the run to kill never reached task 2"
-        time.sleep(0.05)
-    os.kill(child.pid, signal.SIGKILL)
-    child.join()
+    try:
+        deadline = time.time() + 300
+        while not marker.exists():
+            assert child.is_alive() and time.time() < deadline, "the run to kill never reached task 2"
+            time.sleep(0.05)
+    finally:
+        if child.is_alive():
+            os.kill(child.pid, signal.SIGKILL)
+        child.join()
     state = json.loads((root / "runs" / "killed" / "state.json").read_text())
     assert state["finished"] == 1 and state["checkpoint"] == "checkpoint-task01.safetensors"
     r = run_gift(*args, "--name", "killed")
