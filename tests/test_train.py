@@ -89,7 +89,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_matrix(workspace, tmp_p
         target=_train_until_killed, args=(mini_config(workspace, method="gift", iterations=12, name="killed"), marker))
     child.start()
     try:
-        deadline = time.time() + 300
+        deadline = time.time() + 600  # only a hang takes this long
         while not marker.exists():
             assert child.is_alive() and time.time() < deadline, "the run to kill never reached task 2"
             time.sleep(0.05)
