@@ -40,7 +40,7 @@ SET ?=
 GEN_ARGS = --model $(MODEL) --out $(OUT) --steps $(STEPS) --guidance $(GUIDANCE) --batch-size $(BATCH) --gpus $(GPUS) \
            $(if $(PER_CLASS),--per-class $(PER_CLASS)) $(if $(CAPTIONS),--captions $(CAPTIONS)) $(GENERATE_ARGS)
 
-.PHONY: help install test lint demo generate caption tasks settings shards-ls verify push pull store-ls train table data-check bench bench-generate clean-demo
+.PHONY: help install test lint demo demo-spread generate caption tasks settings shards-ls verify push pull store-ls train table data-check bench bench-generate clean-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ lint: $(BIN)/gift ## ruff
 
 demo: $(BIN)/gift ## The pipeline end to end on tiny built-in models, on CPU
 	$(GIFT) demo --out demo-out
+
+demo-spread: $(BIN)/gift ## The demo over seeds 0,1,2: each number as mean ± std -> demo-out/demo-summary.md (re-measure: make clean-demo demo-spread)
+	$(GIFT) demo --out demo-out --seed 0,1,2
 
 tasks: $(BIN)/gift ## List tasks, class counts, default images per class and prompt templates
 	$(GIFT) tasks

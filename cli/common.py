@@ -24,11 +24,12 @@ def setup_logging() -> None:
     logging.getLogger("gift").setLevel(logging.INFO)  # ours at INFO; libraries (open_clip logs to root) at WARNING
     for noisy in ("httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
+    # diffusers and transformers read their level from these variables when first imported. Setting them rather than
+    # importing both here spares the commands that never load them (shards, train) seconds of start-up each.
+    for library in ("diffusers", "transformers"):
+        os.environ.setdefault(f"{library.upper()}_VERBOSITY", "error")
+        if library in sys.modules:  # already imported: set its level directly
+            sys.modules[library].utils.logging.set_verbosity_error()
 
 
 @contextmanager

@@ -1,8 +1,11 @@
-"""`gift demo`: the whole pipeline on CPU with tiny models."""
+"""`gift demo`: the whole pipeline on CPU with tiny models; over several seeds, the spread of its results."""
 
 from __future__ import annotations
 
 import json
+import platform
+import time
+from datetime import date
 from pathlib import Path
 
 import typer
@@ -12,25 +15,51 @@ from cli.common import clean_errors, out, setup_logging
 from cli.progress import RichProgress, TrainProgress
 from cli.shards_cmd import shards_ls
 
+METHODS = ("finetune", "gift")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0`` or ``0,1,2`` -> distinct non-negative seeds in the order given."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: write one seed or a comma-separated list, e.g. 0 or 0,1,2",
+                                 param_hint="--seed") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise typer.BadParameter(f"{text!r}: seeds must be distinct and non-negative", param_hint="--seed")
+    return seeds
+
+
+def run_name(method: str, order: str, seed: int) -> str | None:
+    """Seed 0 keeps `gift train`'s default name, so `make table ORDER=mini` reuses the demo's runs."""
+    return None if seed == 0 else f"{method}-order{order}-seed{seed}"
+
 
 def demo(
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Where the demo's shard sets, runs and previews go."),
     iterations: int = typer.Option(200, help="Training steps per mini task."),
+    seed: str = typer.Option("0", help="Training seed of the runs, or a comma-separated list (0,1,2): every seed is "
+                                       "trained and each number reported as mean ± std, also in OUT/demo-summary.md."),
 ) -> None:
     """The whole pipeline on CPU with tiny models: render, verify, train finetune and GIFT on `mini` (MTIL) and
     `mini-cil` (class-incremental), report."""
+    seeds = parse_seeds(seed)
     setup_logging()
+    import numpy as np
     import torch
 
-    from pipeline.datasets import mini
-    from pipeline.evaluation.metrics import summarize, summarize_cil
+    from pipeline.datasets import catalog, mini
+    from pipeline.evaluation.metrics import summarize_cil
+    from pipeline.evaluation.spread import cil_spread_table, fmt, mean_std, spread, spread_table
     from pipeline.generation.generate import generate, resolve_spec
     from pipeline.training.config import TrainConfig
     from pipeline.training.train import train as run_train
     from shards.preview import contact_sheet
     from shards.verify import verify_set
 
+    started = time.time()
     cpu = torch.device("cpu")
+    order = catalog.get_order("mini")
     with clean_errors():
         # Stage 1: the tiny SD pipeline renders a real task; the mini pool sets come from held-out real images.
         reference = mini.export_reference(out_dir / "mini-reference")
@@ -50,32 +79,86 @@ def demo(
         sheet = out_dir / "preview-eurosat.png"
         contact_sheet(next((out_dir / "shards" / "eurosat").iterdir()), sheet, n=8, columns=4)
         shards_ls(out_dir / "shards")
-        # Stage 2: a tiny CLIP "pre-trained" on mini-base, then continual fine-tuning over mini-a, -b, -c.
+        # Stage 2: a tiny CLIP "pre-trained" on mini-base (shared by every seed, like the renders), then continual
+        # fine-tuning over mini-a, -b, -c once per method and seed; then class-incremental mini-cil (the ten digits in
+        # 5 steps of 2, one head over every seen class after each step, its own per-setting schedule).
         weights = mini.pretrain_tiny_clip(out_dir / "tiny-clip-pretrained.safetensors")
-        summaries = {}
-        for method in ("finetune", "gift"):
-            config = TrainConfig(order="mini", method=method, runs=str(out_dir / "runs"), shards=str(out_dir / "shards"),
-                                 clip_arch="tiny", clip_weights=str(weights), iterations=iterations, batch_size=32,
-                                 synthetic_batch=32, synthetic_budget=96, warmup=10, workers=0)
-            run_dir = run_train(config, TrainProgress(), cpu)
-            import numpy as np
+        runs: dict[str, dict[int, Path]] = {m: {} for m in METHODS}
+        cil_runs: dict[str, dict[int, Path]] = {m: {} for m in METHODS}
+        for s in seeds:
+            for method in METHODS:
+                config = TrainConfig(order="mini", method=method, name=run_name(method, "mini", s),
+                                     runs=str(out_dir / "runs"), shards=str(out_dir / "shards"), clip_arch="tiny",
+                                     clip_weights=str(weights), iterations=iterations, batch_size=32,
+                                     synthetic_batch=32, synthetic_budget=96, warmup=10, seed=s, workers=0)
+                runs[method][s] = run_train(config, TrainProgress(), cpu)
+            for method in METHODS:
+                config = TrainConfig(order="mini-cil", method=method, name=run_name(method, "mini-cil", s),
+                                     runs=str(out_dir / "runs"), shards=str(out_dir / "shards"), clip_arch="tiny",
+                                     clip_weights=str(weights), batch_size=32, synthetic_batch=32, synthetic_budget=96,
+                                     seed=s, workers=0)
+                cil_runs[method][s] = run_train(config, TrainProgress(), cpu)
+    matrices = {m: {s: np.load(d / "acc_matrix.npy") for s, d in by_seed.items()} for m, by_seed in runs.items()}
+    spreads = {m: spread(list(by_seed.values()), order) for m, by_seed in matrices.items()}
+    cil = {m: {s: summarize_cil(json.loads((d / "state.json").read_text())["seen"]) for s, d in by_seed.items()}
+           for m, by_seed in cil_runs.items()}
+    cil_spreads = {m: (mean_std([c.avg for c in by_seed.values()]), mean_std([c.last for c in by_seed.values()]))
+                   for m, by_seed in cil.items()}
+    minutes = (time.time() - started) / 60
 
-            summaries[method] = (summarize(np.load(run_dir / "acc_matrix.npy"), ["mini-a", "mini-b", "mini-c"]), run_dir)
-        # Class-incremental: the ten digits in 5 steps of 2, one head over every seen class after each step.
-        cil = {}
-        for method in ("finetune", "gift"):
-            config = TrainConfig(order="mini-cil", method=method, runs=str(out_dir / "runs"),
-                                 shards=str(out_dir / "shards"), clip_arch="tiny", clip_weights=str(weights),
-                                 batch_size=32, synthetic_batch=32, synthetic_budget=96, workers=0)
-            run_dir = run_train(config, TrainProgress(), cpu)
-            state = json.loads((run_dir / "state.json").read_text())
-            cil[method] = (summarize_cil(state["seen"]), run_dir)
-    table = Table("method", "Transfer", "Avg.", "Last", "run", title="MTIL: order mini (3 tasks)")
-    for method, (s, run_dir) in summaries.items():
-        table.add_row(method, f"{s.transfer:.1f}", f"{s.avg:.1f}", f"{s.last:.1f}", f"{run_dir}/results.md")
+    table = Table("method", f"{order[0]} after task {' / '.join(str(i + 1) for i in range(len(order)))}", "Transfer",
+                  "Avg.", "Last", title=f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                  + (": mean ± std" if len(seeds) > 1 else ""))
+    for method, s in spreads.items():
+        table.add_row(method, " / ".join(fmt(v, s.seeds) for v in s.first_dataset), fmt(s.transfer, s.seeds),
+                      fmt(s.avg, s.seeds), fmt(s.last, s.seeds))
     out.print(table)
-    table = Table("method", "Avg.", "Last", "run", title="CIL: mini-cil (10 digits, 5 steps of 2)")
-    for method, (s, run_dir) in cil.items():
-        table.add_row(method, f"{s.avg:.1f}", f"{s.last:.1f}", f"{run_dir}/results.md")
+    table = Table("method", "Avg.", "Last", title="CIL: mini-cil (10 digits, 5 steps of 2)")
+    for method, (avg, last) in cil_spreads.items():
+        table.add_row(method, fmt(avg, len(seeds)), fmt(last, len(seeds)))
     out.print(table)
+    tables = [*spread_table(spreads, order[0]), "", "mini-cil (class-incremental):", "",
+              *cil_spread_table(cil_spreads, len(seeds))]
+    summary = write_summary(out_dir, seeds, iterations, tables, matrices, runs, order, minutes, cil, cil_runs)
     out.print(f"contact sheet of the tiny SD renders: {sheet}")
+    out.print(f"summary (paste-ready table, machine, per-seed runs): {summary}")
+
+
+def write_summary(out_dir: Path, seeds: list[int], iterations: int, table: list[str], matrices: dict, runs: dict,
+                  order: list[str], minutes: float, cil: dict, cil_runs: dict) -> Path:
+    """OUT/demo-summary.md: the table, what it was measured on, and every run's own numbers."""
+    import torch
+
+    from pipeline.bench.run import cpu_name
+    from pipeline.evaluation.metrics import summarize
+    from shards.layout import atomic_write_bytes
+
+    per_seed = ["| method | seed | Transfer | Avg. | Last | run |", "|---|---:|---:|---:|---:|---|"]
+    for method, by_seed in matrices.items():
+        for s, acc in by_seed.items():
+            m = summarize(acc, order)
+            per_seed.append(f"| {method} | {s} | {m.transfer:.1f} | {m.avg:.1f} | {m.last:.1f} | {runs[method][s]} |")
+    for method, by_seed in cil.items():
+        for s, c in by_seed.items():
+            per_seed.append(f"| {method} (mini-cil) | {s} | | {c.avg:.1f} | {c.last:.1f} | {cil_runs[method][s]} |")
+    seed_arg = ",".join(map(str, seeds))
+    text = "\n".join([
+        f"# `gift demo` over seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}",
+        "",
+        f"`gift demo --out {out_dir} --seed {seed_arg} --iterations {iterations}` on {date.today().isoformat()}: "
+        f"{cpu_name()} ({platform.machine()}), torch {torch.__version__} with {torch.get_num_threads()} threads; "
+        f"{minutes:.1f} min (finished runs found in {out_dir}/runs are reused, not retrained).",
+        "",
+        "Each number is the mean ± sample standard deviation over the seeds (one seed: its value). A run is exact on "
+        "one machine, but its numbers depend on the CPU (kernels sum in other orders): compare spreads, not single runs.",
+        "",
+        *table,
+        "",
+        "Every run:",
+        "",
+        *per_seed,
+        "",
+    ])
+    path = out_dir / "demo-summary.md"
+    atomic_write_bytes(path, text.encode())
+    return path

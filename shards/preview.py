@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -12,6 +11,52 @@ from .manifest import CAPTIONS, load_manifest, read_rows, set_kind
 from .reader import iter_samples
 
 CAPTION_LINES = 3
+MARGIN = 3  # pixels between a caption and its cell's edges
+# Pillow's bundled font (Aileron) at its default 10 px draws a space 2 px wide and words run together
+# ("photoof"); from 12 px a space is 3 px and captions read as words.
+MIN_FONT_PX = 12
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+def caption_font(cell: int) -> Font:
+    """Pillow's bundled font at a size legible on a sheet of ``cell``-pixel images: cell / 18, at least 12 px."""
+    return ImageFont.load_default(size=max(MIN_FONT_PX, cell // 18))
+
+
+def caption_lines(text: str, font: Font, width: int, max_lines: int = CAPTION_LINES) -> list[str]:
+    """``text`` wrapped at spaces into at most ``max_lines`` lines, each at most ``width`` pixels wide in ``font``.
+
+    A word wider than a line is split across lines; text beyond the last line is cut and marked with an ellipsis.
+    """
+
+    def fits(line: str) -> bool:
+        return font.getlength(line) <= width
+
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        candidate = f"{current} {word}" if current else word
+        if fits(candidate):
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        while not fits(word):  # longer than a whole line: cut it where the line is full
+            cut = 1
+            while fits(word[: cut + 1]):
+                cut += 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        current = word
+    if current:
+        lines.append(current)
+    if len(lines) > max_lines:
+        last = lines[max_lines - 1]
+        while last and not fits(last + "…"):
+            last = last[:-1]
+        lines = lines[: max_lines - 1] + [last.rstrip() + "…"]
+    return lines
 
 
 def contact_sheet(set_path: Path, out: Path, *, n: int = 16, columns: int = 4, cell: int = 256) -> int:
@@ -30,10 +75,11 @@ def contact_sheet(set_path: Path, out: Path, *, n: int = 16, columns: int = 4, c
     picks = sorted({stored[round(k * (len(stored) - 1) / max(1, n - 1))] for k in range(min(n, len(stored)))})
     wanted = {key for _, key in picks}
     samples = [s for s in iter_samples(set_path, sorted({i for i, _ in picks})) if s.key in wanted]
-    font = ImageFont.load_default()
-    line_h = 12
+    font = caption_font(cell)
+    ascent, descent = font.getmetrics()
+    line_h = ascent + descent + 2
     rows = -(-len(samples) // columns)
-    cell_h = cell + line_h * CAPTION_LINES + 6
+    cell_h = cell + line_h * CAPTION_LINES + 2 * MARGIN
     sheet = Image.new("RGB", (columns * cell, rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     for k, sample in enumerate(samples):
@@ -42,9 +88,9 @@ def contact_sheet(set_path: Path, out: Path, *, n: int = 16, columns: int = 4, c
         scale = cell / max(image.size)  # up or down: tiny renders are 32-64 px
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC)
         sheet.paste(image, (x + (cell - image.width) // 2, y))
-        lines = textwrap.wrap(sample.meta.get("prompt", sample.key), width=max(10, cell // 6))[:CAPTION_LINES]
-        for j, line in enumerate(lines):
-            draw.text((x + 3, y + cell + 3 + j * line_h), line, fill="black", font=font)
+        caption = sample.meta.get("prompt", sample.key)
+        for j, line in enumerate(caption_lines(caption, font, cell - 2 * MARGIN)):
+            draw.text((x + MARGIN, y + cell + MARGIN + j * line_h), line, fill="black", font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return len(samples)

@@ -42,3 +42,23 @@ def test_default_per_class_covers_both_orders():
     assert catalog.default_per_class("sun397") == 3  # 2.50 in Order II
     total = sum(catalog.default_per_class(t) * catalog.get_task(t).num_classes for t in catalog.task_names())
     assert total == 15157  # the total stated in the README
+
+
+def test_package_data_is_what_its_provenance_note_describes():
+    """pipeline/data/README.md says where every list comes from and gives each file's sha256: a list that changes
+    without its note, or a data file the note does not describe, fails here."""
+    import hashlib
+    import re
+    from pathlib import Path
+
+    data = Path(catalog.__file__).resolve().parents[1] / "data"
+    listed = dict(re.findall(r"^\| `([\w.-]+\.json)` \|.*\| `([0-9a-f]{64})` \|$", (data / "README.md").read_text(), re.M))
+    assert listed.keys() == {p.name for p in data.glob("*.json")}
+    for name, digest in listed.items():
+        assert hashlib.sha256((data / name).read_bytes()).hexdigest() == digest, name
+    # facts the note states about the lists
+    food, caltech = catalog.get_task("food").classnames, catalog.get_task("caltech101").classnames
+    assert list(food[16:18]) == ["cheese plate", "cheesecake"] and {"off-center face", "centered face"} <= set(caltech)
+    imagenet = catalog.get_task("imagenet").classnames
+    assert len(set(imagenet)) == 998 and imagenet[657] == imagenet[744] == "missile"
+    assert "apartment building/outdoor" in catalog.get_task("sun397").classnames

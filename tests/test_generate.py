@@ -1,12 +1,16 @@
 """Stage 1 end to end through the real `gift` entry point with the tiny SD pipeline on CPU."""
 
 import json
+import os
 import resource
 import signal
 import subprocess
 import tarfile
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -59,40 +63,96 @@ def test_rerun_skips_finished_shards(reference_set, tmp_path):
     assert before == {p: p.stat().st_mtime_ns for p in reference_set.glob("*.tar")}
 
 
-def test_killed_run_resumes_to_the_same_bytes(reference_set, tmp_path):
-    proc = subprocess.Popen(gift_cmd(*ARGS, "--steps", "2", "--out", tmp_path), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(tmp_path.glob("*/*/*.parquet"))) < 2 and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    set_path = only_set(tmp_path)
-    assert not load_manifest(set_path)["complete"]
-    r = run_gift(*ARGS, "--out", tmp_path)
+# The interruption tests stop a real run at a known point, whatever the machine's speed. The `reference` generator
+# reads one real image file per sample; class 4's only file is swapped for a named pipe (FIFO), whose open() waits
+# until a writer appears, and none ever does. Shards 0 and 1 (classes 0-3) finish; shard 2 (classes 4 and 5)
+# opens its temporary tar and then waits on the pipe, so the signal always lands inside shard 2 with three shards
+# still to do.
+BLOCKED_CLASS = "4 - four"
+
+
+def reference_args(images: Path) -> list:
+    # mnist from real images: 10 classes x 2 = 20 samples in 5 shards of 4
+    return ["generate", "mnist", "--model", f"reference:{images}", "--size", "32", "--per-class", "2",
+            "--shard-size", "4", "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def reference_images(tmp_path_factory) -> Path:
+    """One random 48x40 image per mnist class, as `reference:DIR` expects (DIR/<class name>/*.png)."""
+    from pipeline.datasets import catalog
+
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name in catalog.get_task("mnist").classnames:
+        (root / name).mkdir()
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / name / "0.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(reference_images, tmp_path_factory) -> Path:
+    """The yardstick of the interruption tests: the same command, never interrupted."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    r = run_gift(*reference_args(reference_images), "--out", out)
     assert r.returncode == 0, r.stderr
-    assert set_files(set_path) == set_files(reference_set)
-    assert load_manifest(set_path)["shards"] == load_manifest(reference_set)["shards"]
+    return only_set(out)
+
+
+@contextmanager
+def waiting_in_shard_2(images: Path, out: Path):
+    """Start `gift generate` with class 4's image replaced by a FIFO and yield the process once shard 1 is recorded
+    and shard 2's temporary tar exists: from then on it can only wait on the pipe. The image is put back on exit."""
+    image = images / BLOCKED_CLASS / "0.png"
+    aside = images.parent / f"{images.name}-blocked-class.png"
+    image.rename(aside)
+    os.mkfifo(image)
+    proc = subprocess.Popen(gift_cmd(*reference_args(images), "--out", out), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (list(out.glob("*/*/000001.parquet")) and list(out.glob("*/*/.000002.tar.tmp-*"))):
+            assert proc.poll() is None, f"gift generate stopped before shard 2: {proc.communicate()[1]}"
+            assert time.time() < deadline, "shard 2 never started"
+            time.sleep(0.02)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        image.unlink()
+        aside.rename(image)
+
+
+def test_killed_run_resumes_to_the_same_bytes(reference_images, uninterrupted, tmp_path):
+    with waiting_in_shard_2(reference_images, tmp_path) as proc:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    set_path = only_set(tmp_path)
+    m = load_manifest(set_path)
+    assert not m["complete"] and [s["index"] for s in m["shards"]] == [0, 1]
+    assert len(list(set_path.glob(".000002.tar.tmp-*"))) == 1  # kill -9 leaves shard 2 half-written, hidden
+    assert sorted(p.name for p in set_path.glob("*.tar")) == ["000000.tar", "000001.tar"]
+    r = run_gift(*reference_args(reference_images), "--out", tmp_path)
+    assert r.returncode == 0 and "rendered 3, kept 2" in r.stdout, r.stdout + r.stderr
+    assert set_files(set_path) == set_files(uninterrupted)
+    assert load_manifest(set_path)["shards"] == load_manifest(uninterrupted)["shards"]
     assert not list(set_path.glob(".*"))
 
 
-def test_ctrl_c_stops_cleanly_and_resumes(reference_set, tmp_path):
-    proc = subprocess.Popen(gift_cmd(*ARGS, "--out", tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    # wait for a shard being written (not the manifest's temporary file: SIGINT while the model loads
-    # rightly removes the still-empty set)
-    while not list(tmp_path.glob("*/*/.*.tar.tmp-*")) and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.fail("the run finished before SIGINT arrived; make the run longer")
-    assert proc.returncode == 130 and "re-run the same command to resume" in err
+def test_ctrl_c_stops_cleanly_and_resumes(reference_images, uninterrupted, tmp_path):
+    with waiting_in_shard_2(reference_images, tmp_path) as proc:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "re-run the same command to resume" in err, err
     set_path = only_set(tmp_path)
-    assert not list(set_path.glob(".*.tmp-*"))
-    assert sorted(p.stem for p in set_path.glob("*.tar")) == sorted(p.stem for p in set_path.glob("*.parquet"))
-    assert run_gift(*ARGS, "--out", tmp_path).returncode == 0
-    assert set_files(set_path) == set_files(reference_set)
+    assert not list(set_path.glob(".*.tmp-*"))  # shard 2's temporary is removed on the way out
+    assert sorted(p.name for p in set_path.glob("*.tar")) == ["000000.tar", "000001.tar"]
+    assert sorted(p.stem for p in set_path.glob("*.parquet")) == ["000000", "000001"]
+    assert load_manifest(set_path)["shards"] == load_manifest(uninterrupted)["shards"][:2]
+    r = run_gift(*reference_args(reference_images), "--out", tmp_path)
+    assert r.returncode == 0 and "rendered 3, kept 2" in r.stdout, r.stdout + r.stderr
+    assert set_files(set_path) == set_files(uninterrupted)
 
 
 def _copy_set(src, dst_root):
@@ -193,9 +253,37 @@ def test_ls_info_and_preview(reference_set, tmp_path):
     r = run_gift("shards", "preview", reference_set, "--out", sheet, "--n", "6", "--columns", "3")
     assert r.returncode == 0, r.stderr
     with Image.open(sheet) as im:
-        assert im.size == (3 * 256, 2 * (256 + 3 * 12 + 6))
+        assert im.size == (3 * 256, 2 * (256 + 3 * 20 + 6))  # 256-px cells, three caption lines of 14-px text
     r = run_gift("shards", "preview", reference_set, "--out", sheet)
     assert r.returncode == 2 and "--force" in r.stderr
+
+
+def test_contact_sheet_captions_are_legible_and_stay_in_their_cell(reference_set, tmp_path):
+    from shards.preview import CAPTION_LINES, caption_font, caption_lines, contact_sheet
+
+    font = caption_font(96)
+    assert font.size >= 12 and font.getlength(" ") >= 3  # a visible space between words, even on small cells
+    prompt = "a centered satellite photo of industrial buildings or commercial buildings."
+    lines = caption_lines(prompt, caption_font(256), 250)  # the default 256-px cell
+    assert 1 < len(lines) <= CAPTION_LINES and " ".join(lines) == prompt  # wrapped at spaces, nothing lost
+    assert all(caption_font(256).getlength(line) <= 250 for line in lines)
+    cut = caption_lines(prompt, font, 40)  # more than three lines' worth: cut, and marked as cut
+    assert len(cut) == CAPTION_LINES and cut[-1].endswith("…") and all(font.getlength(s) <= 40 for s in cut)
+    pieces = caption_lines("Supercalifragilistic", font, 30, max_lines=10)  # a word wider than the cell is split
+    assert len(pieces) > 1 and "".join(pieces) == "Supercalifragilistic" and all(font.getlength(s) <= 30 for s in pieces)
+
+    # On a sheet of small cells the prompts ('a photo of the number: "0 - zero".') wrap, and no caption pixel
+    # crosses into the next column.
+    sheet = tmp_path / "small.png"
+    assert contact_sheet(reference_set, sheet, n=4, columns=2, cell=96) == 4
+    ink = np.asarray(Image.open(sheet).convert("L")) < 128
+    cell_h = ink.shape[0] // 2
+    for row in range(2):
+        caption = ink[row * cell_h + 96 : (row + 1) * cell_h]
+        assert caption.any(axis=1).sum() > 14  # more than one line of text
+        for col in range(2):
+            columns_with_ink = np.flatnonzero(caption[:, col * 96 : (col + 1) * 96].any(axis=0))
+            assert columns_with_ink.min() >= 2 and columns_with_ink.max() <= 96 - 3, (row, col)
 
 
 def test_missing_sd15_weights_say_what_was_searched(tmp_path):

@@ -1,5 +1,7 @@
-"""The generators behind `gift generate`: SD's safety checker, per-image seeds, and the reference folder."""
+"""The generators behind `gift generate`: SD's safety checker, per-image seeds, the reference folder, and loading SD
+from a local directory."""
 
+import pytest
 import torch
 from PIL import Image
 
@@ -147,3 +149,37 @@ def test_sd15_benchmark_path_runs_on_cpu():
         [("fp32 SDPA (default)", 1), ("fp32 SDPA (default)", 2), ("fp32 VAE decode alone (part of every row)", 1)]
         + [(f"fp32 {label}", 1) for label, s in VARIANTS if s is None or not s.compile])
     assert all(r["images_s"] > 0 for r in results)
+
+
+def test_a_local_sd15_directory_loads_in_the_requested_dtype_without_deprecation_warnings(tmp_path):
+    """A diffusers directory (the tiny pipeline saved with save_pretrained) goes through the sd15 loading path:
+    the dtype is honoured and diffusers has nothing to warn about (no deprecated `torch_dtype`)."""
+    import warnings
+
+    build_tiny_pipeline(safety_checker=True).save_pretrained(tmp_path / "sd")
+    spec = resolve_spec("mnist", model=str(tmp_path / "sd"), dtype="bf16", steps=2, size=32, device=CPU)
+    assert spec.generator == "sd15" and spec.safety_checker
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gen = make_generator(spec, CPU)
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
+    assert gen.pipe.unet.dtype == gen.pipe.text_encoder.dtype == torch.bfloat16
+    assert gen.pipe.safety_checker is not None
+
+
+def test_a_model_path_that_does_not_exist_says_so(tmp_path):
+    """`--model` written as a path is a local directory, never tried as a Hub id (whose naming rules would be the
+    message instead)."""
+    from pipeline.generation.generate import SpecError
+
+    r = run_gift("generate", "dtd", "--model", tmp_path / "nonexistent", "--out", tmp_path / "out")
+    err = " ".join(r.stderr.split())
+    assert r.returncode == 2 and f"the directory {tmp_path / 'nonexistent'} does not exist" in err, err
+    assert "Repo id" not in err and not (tmp_path / "out").exists()
+    for written in ("./no-such-model", "../no-such-model", "~/no-such-model"):
+        with pytest.raises(SpecError, match="does not exist"):
+            resolve_spec("dtd", model=written, device=CPU)
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(SpecError, match="is a file, not a diffusers directory"):
+        resolve_spec("dtd", model=str(tmp_path / "weights.bin"), device=CPU)
+    assert resolve_spec("dtd", model="org/name", device=CPU).model == "org/name"  # a Hub id stays one

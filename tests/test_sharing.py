@@ -2,7 +2,7 @@
 read-only HTTP stores, OpenSSH's sshd (a throwaway host key and user key, started by the test) for SFTP stores.
 
 Two directories stand for two machines: A renders and pushes, B discovers, pulls and trains from the store.
-Faults are real too: servers killed mid-transfer, corrupt bytes on the store, a missing manifest, a full store,
+Faults are real too: servers killed mid-transfer (cut at a known byte by a relay on loopback), corrupt bytes on the store, a missing manifest, a full store,
 a read-only one, a changed host key, and manifests that try to escape the destination.
 """
 
@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.time() + 20
+    deadline = time.time() + 60  # generous: a loaded CI machine may take a while to start a server
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}")
@@ -118,7 +119,6 @@ class Sshd:
         self.tmp, self.port, self.ro_port = tmp, free_port(), free_port()
         for key in ("host_key", "user_key"):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / key)], check=True)
-        user = getpass.getuser()
         (tmp / "sshd_config").write_text(f"""\
 Port {self.port}
 Port {self.ro_port}
@@ -136,15 +136,20 @@ Subsystem sftp internal-sftp
 Match LocalPort {self.ro_port}
     ForceCommand internal-sftp -R
 """)
-        host_key = (tmp / "host_key.pub").read_text().split()
-        (tmp / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_key[0]} {host_key[1]}\n"
-                                         f"[127.0.0.1]:{self.ro_port} {host_key[0]} {host_key[1]}\n")
-        alias = "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User " + user + "\n  IdentityFile " + \
-            str(tmp / "user_key") + "\n  UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n"
-        (tmp / "ssh_config").write_text(alias.format(name="giftstore", port=self.port, known=tmp / "known_hosts")
-                                        + alias.format(name="giftstore-ro", port=self.ro_port, known=tmp / "known_hosts"))
-        self.env = {"GIFT_SSH_CONFIG": str(tmp / "ssh_config")}
+        self.env = self.client_env({"giftstore": self.port, "giftstore-ro": self.ro_port}, tmp)
         self.start()
+
+    def client_env(self, aliases: dict[str, int], where: Path) -> dict[str, str]:
+        """Client settings (``$GIFT_SSH_CONFIG``) written under ``where``: each alias reaches this sshd on its port
+        (its own, or a relay's in front of it), whose host key is the only one known there."""
+        kind, key = (self.tmp / "host_key.pub").read_text().split()[:2]
+        known = where / "known_hosts"
+        known.write_text("".join(f"[127.0.0.1]:{port} {kind} {key}\n" for port in aliases.values()))
+        (where / "ssh_config").write_text("".join(
+            f"Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User {getpass.getuser()}\n"
+            f"  IdentityFile {self.tmp / 'user_key'}\n  UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n"
+            for name, port in aliases.items()))
+        return {"GIFT_SSH_CONFIG": str(where / "ssh_config")}
 
     def start(self) -> None:
         if os.geteuid() == 0:
@@ -195,6 +200,74 @@ def sshd(tmp_path_factory):
 def ssh_env(sshd, monkeypatch):
     monkeypatch.setenv("GIFT_SSH_CONFIG", sshd.env["GIFT_SSH_CONFIG"])
     return sshd.env
+
+
+class Relay:
+    """A TCP relay on loopback in front of a real server that passes at most ``budget`` bytes one way (``upstream``:
+    client to server; else server to client), then holds the rest. A transfer through it stops part-way through a
+    file, at a known point on any machine, and cannot finish; ``cut()`` then drops every connection."""
+
+    def __init__(self, server_port: int, budget: int, *, upstream: bool):
+        self.server_port, self.left, self.upstream = server_port, budget, upstream
+        self.reached, self.released = threading.Event(), threading.Event()
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # cut
+                return
+            server = socket.create_connection(("127.0.0.1", self.server_port))
+            self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, self.upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, not self.upstream), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, limited: bool) -> None:
+        try:
+            while True:
+                n = 1 << 16
+                if limited:
+                    with self.lock:  # reserve before reading: the connections share one budget
+                        n = min(n, self.left)
+                        self.left -= n
+                    if n == 0:
+                        self.reached.set()
+                        self.released.wait()
+                        return
+                data = src.recv(n)
+                if limited:
+                    with self.lock:
+                        self.left += n - len(data)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+        except OSError:  # a side was cut or killed
+            return
+
+    def cut(self) -> None:
+        self.released.set()
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # wakes the pumps blocked in recv
+            except OSError:
+                pass
+            s.close()
+
+
+def wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    """Poll ``condition`` while ``proc`` runs; fail naming ``what`` if the process ends or time runs out first."""
+    deadline = time.time() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the transfer ended before {what}: {proc.communicate()[1]}")
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 # --------------------------------------------------------------------------------------------- sets
@@ -370,28 +443,32 @@ def test_read_only_stores_refuse_a_push_clearly(machine_a, tmp_path, ssh_env, ht
 # --------------------------------------------------------------------------------------------- faults
 
 
-def _stop_when(proc: subprocess.Popen, pattern: str, where: Path) -> None:
-    """SIGSTOP ``proc`` as soon as a file matching ``pattern`` appears under ``where`` (a transfer has begun)."""
-    deadline = time.time() + 60
-    while not list(where.glob(pattern)):
-        assert proc.poll() is None and time.time() < deadline, "the transfer never started"
-        time.sleep(0.001)
-    proc.send_signal(signal.SIGSTOP)
+# Cut transfers go through a Relay that lets 4 MB through: past the first shard (20 kB) and well inside the second
+# (32 MB), so the cut always lands mid-file whatever the machine's speed.
+CUT_AT = 4 << 20
 
 
 def test_http_server_killed_mid_pull_then_resume(big_set, tmp_path, http_server):
     store = tmp_path / "store"
     push_set(big_set, open_store(store))
     server = http_server(store)
+    relay = Relay(server.port, CUT_AT, upstream=False)
     dest = tmp_path / "b"
     set_path = dest / "big" / big_set.name
-    proc = subprocess.Popen(gift_cmd("shards", "pull", f"{server.url}/big/{big_set.name}", dest), cwd=ROOT,
-                            env={**os.environ, "COLUMNS": "200"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    _stop_when(proc, "big/*/.000001.tar.tmp-*", dest)  # the 32 MB shard is on its way
-    server.kill()  # the connection is cut with most of the shard still unsent
-    proc.send_signal(signal.SIGCONT)
-    _, err = proc.communicate(timeout=120)
+    proc = subprocess.Popen(gift_cmd("shards", "pull", f"http://127.0.0.1:{relay.port}/big/{big_set.name}", dest),
+                            cwd=ROOT, env={**os.environ, "COLUMNS": "200"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: relay.reached.is_set() and list(set_path.glob(".000001.tar.tmp-*")), proc,
+                   "4 MB of the 32 MB shard arrived")
+        server.kill()  # the connection is cut with most of the shard still unsent
+        relay.cut()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        relay.cut()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 2 and "re-run the same command" in one_line(err), err
     assert_nothing_visible(set_path, "000001.tar", "000001.parquet")
     assert (set_path / "000000.tar").exists()  # the shard verified before the cut is kept
@@ -403,20 +480,29 @@ def test_http_server_killed_mid_pull_then_resume(big_set, tmp_path, http_server)
 
 def test_sshd_killed_mid_push_then_resume(big_set, tmp_path, sshd, ssh_env):
     store = tmp_path / "store"
-    url = f"ssh://giftstore{store}"
-    proc = subprocess.Popen(gift_cmd("shards", "push", big_set, url), cwd=ROOT, env={**os.environ, **ssh_env, "COLUMNS": "200"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    remote = store / "big" / big_set.name
+    relay = Relay(sshd.port, CUT_AT, upstream=True)
+    via_relay = sshd.client_env({"giftstore": relay.port}, tmp_path)
+    proc = subprocess.Popen(gift_cmd("shards", "push", big_set, f"ssh://giftstore{store}"), cwd=ROOT,
+                            env={**os.environ, **via_relay, "COLUMNS": "200"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
-        _stop_when(proc, "big/*/.000001.tar.part", store)
+        wait_until(lambda: relay.reached.is_set() and (remote / ".000001.tar.part").exists(), proc,
+                   "4 MB of the 32 MB shard were sent")
         sshd.kill()
-        proc.send_signal(signal.SIGCONT)
+        relay.cut()
         _, err = proc.communicate(timeout=120)
     finally:
-        sshd.start()
+        relay.cut()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if sshd.proc.poll() is not None:  # killed above: the module's other tests need it back
+            sshd.start()
     assert proc.returncode == 2 and "re-run the same command" in one_line(err), err
-    remote = store / "big" / big_set.name
     assert not (remote / "manifest.json").exists()  # not published: readers cannot see it
-    assert (remote / ".000001.tar.part").exists() and not (remote / "000001.tar").exists()
+    assert (remote / ".000001.tar.part").stat().st_size <= CUT_AT and not (remote / "000001.tar").exists()
+    url = f"ssh://giftstore{store}"
     with pytest.raises(StoreError, match="no manifest.json"):
         pull_set(open_store(url), "big", big_set.name, tmp_path / "b")
     result = push_set(big_set, open_store(url))

@@ -3,9 +3,12 @@ the `reference` generator (real held-out images of each class), the real trainin
 
 import json
 import math
+import multiprocessing
+import os
 import signal
-import subprocess
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +18,9 @@ from pipeline.datasets import mini
 from pipeline.training.config import TrainConfig, lr_at
 from pipeline.training.rundir import RunDirError
 from pipeline.training.step import NonFiniteLossError
-from pipeline.training.train import train
+from pipeline.training.train import Progress, train
 from shards.errors import ShardSetError
-from tests.conftest import ROOT, cli_args, gift_cmd, mini_config, run_gift
+from tests.conftest import cli_args, mini_config, run_gift
 
 CPU = torch.device("cpu")
 
@@ -53,24 +56,52 @@ def test_finetune_forgets_task_one_and_gift_forgets_clearly_less(workspace):
     assert acc["gift"][2].mean() > acc["finetune"][2].mean() + 15  # and ends far better on average
 
 
-def test_killed_run_resumes_to_exactly_the_uninterrupted_matrix(workspace):
+class _HoldInTask2(Progress):
+    """The training loop's own progress hooks, used to hold a run at a known point: step 6 of task 2 (after
+    task 1's checkpoint, before task 2's), where it waits until it is killed."""
+
+    def __init__(self, marker: Path):
+        self.marker, self.index, self.steps = marker, -1, 0
+
+    def start_task(self, index: int, task: str, steps: int) -> None:
+        self.index, self.steps = index, 0
+
+    def step(self, losses: dict[str, float]) -> None:
+        self.steps += 1
+        if self.index == 1 and self.steps == 6:
+            self.marker.touch()
+            threading.Event().wait()  # forever: only the test's SIGKILL ends this process
+
+
+def _train_until_killed(config: TrainConfig, marker: Path) -> None:
+    train(config, _HoldInTask2(marker), CPU)
+
+
+def test_killed_run_resumes_to_exactly_the_uninterrupted_matrix(workspace, tmp_path):
     root, _ = workspace
-    args = cli_args(workspace, "--method", "gift", "--iterations", "25")
+    args = cli_args(workspace, "--method", "gift", "--iterations", "12")
     r = run_gift(*args, "--name", "whole")
     assert r.returncode == 0, r.stderr
-    proc = subprocess.Popen(gift_cmd(*args, "--name", "killed"), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    state = root / "runs" / "killed" / "state.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and json.loads(state.read_text())["finished"] >= 1:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert json.loads(state.read_text())["finished"] == 1, "kill the run during task 2"
+    # The run to kill is the CLI's config, trained in a child process that waits at step 6 of task 2: the kill
+    # lands there on any machine, never after the run has finished.
+    marker = tmp_path / "in-task-2"
+    child = multiprocessing.get_context("spawn").Process(
+        target=_train_until_killed, args=(mini_config(workspace, method="gift", iterations=12, name="killed"), marker))
+    child.start()
+    try:
+        deadline = time.time() + 600  # only a hang takes this long
+        while not marker.exists():
+            assert child.is_alive() and time.time() < deadline, "the run to kill never reached task 2"
+            time.sleep(0.05)
+    finally:
+        if child.is_alive():
+            os.kill(child.pid, signal.SIGKILL)
+        child.join()
+    state = json.loads((root / "runs" / "killed" / "state.json").read_text())
+    assert state["finished"] == 1 and state["checkpoint"] == "checkpoint-task01.safetensors"
     r = run_gift(*args, "--name", "killed")
     assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
     whole = np.load(root / "runs" / "whole" / "acc_matrix.npy")
     resumed = np.load(root / "runs" / "killed" / "acc_matrix.npy")
     assert whole.shape == (3, 3) and np.array_equal(whole, resumed)

@@ -165,10 +165,31 @@ def resolve_spec(
         return GenerateSpec(generator="tiny", model="tiny", scheduler=scheduler, steps=steps, guidance=guidance,
                             size=size or TINY_SIZE, negative_prompt=negative_prompt,
                             safety_checker=bool(safety_checker), dtype=dtype, **common)
+    _check_model_directory(model)
     return GenerateSpec(generator="sd15", model=SD15_ID if model == "sd15" else model, revision=revision,
                         scheduler=scheduler, steps=steps, guidance=guidance, size=size or 512,
                         negative_prompt=negative_prompt,
                         safety_checker=True if safety_checker is None else safety_checker, dtype=dtype, **common)
+
+
+def looks_like_path(model: str) -> bool:
+    """A ``--model`` written as a path (absolute, ``./``, ``../``, ``~``), never a Hub id (``org/name``)."""
+    return model.startswith(("/", "./", "../", "~")) or model in (".", "..")
+
+
+def _check_model_directory(model: str) -> None:
+    """A model given as a path must be a directory here; without this check it would be tried as a Hub id and fail
+    with huggingface_hub's repo-id rules instead of the real problem."""
+    if not looks_like_path(model):
+        return
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise SpecError(f"--model {model}: the directory {path.resolve()} does not exist; pass a local diffusers "
+                        "directory (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/), a Hub id "
+                        "such as stable-diffusion-v1-5/stable-diffusion-v1-5, `sd15` or `tiny`")
+    if not path.is_dir():
+        raise SpecError(f"--model {model}: {path.resolve()} is a file, not a diffusers directory (model_index.json, "
+                        "unet/, vae/, ...)")
 
 
 def default_device() -> torch.device:

@@ -134,7 +134,8 @@ def load_sd15(model: str, *, revision: str | None, dtype: str, safety_checker: b
     from huggingface_hub import constants
 
     local_only = offline() or not allow_download
-    kwargs = {"torch_dtype": DTYPES[dtype], "revision": revision, "local_files_only": local_only}
+    # `dtype`, not `torch_dtype`: diffusers 0.40 renamed it (the old name still works, with a FutureWarning).
+    kwargs = {"dtype": DTYPES[dtype], "revision": revision, "local_files_only": local_only}
     if not safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     is_dir = Path(model).expanduser().is_dir()
