@@ -61,7 +61,7 @@ install: $(BIN)/gift ## Create .venv and install the project with its test extra
 
 test: $(BIN)/gift ## Run the test suite (CPU, offline, tiny models; installs sshd for the ssh:// tests if missing)
 	@tests/ensure_sshd.sh
-	$(BIN)/python -m pytest -q
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m pytest -q
 
 lint: $(BIN)/gift ## ruff
 	$(BIN)/ruff check pipeline shards cli tests
