@@ -29,12 +29,11 @@ from .mtil import (
     DatasetMissingError,
     LabeledImages,
     _Corrupt,
-    _count_note,
     _lines,
     _load_pickle,
     _Read,
     _read_cifar100,
-    _unusable,
+    check_one,
 )
 
 CIL_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "tinyimagenet")
@@ -190,33 +189,8 @@ class StepSplit(Dataset):
         return self.base[self.indices[i]][0], self.labels[i]
 
 
-def _check_one(name: str, root: Path) -> CheckResult:
-    source = _SOURCES[name]
-
-    def result(status: str, counts: dict[str, int], detail: str) -> CheckResult:
-        return CheckResult(name, status, counts, source.folder, source.layout, source.how_to_get, detail)
-
-    counts: dict[str, int] = {}
-    problems: list[str] = []
-    for split in SPLITS:
-        try:
-            images = load_split(name, root, split)
-        except DatasetMissingError as e:
-            return result("missing", {}, f"{e.path} does not exist")
-        except DatasetBrokenError as e:
-            problems.append(e.problem)
-            continue
-        counts[split] = len(images)
-        problem = _unusable(images)
-        if problem:
-            problems.append(problem)
-    if problems:
-        return result("broken", counts, "; ".join(dict.fromkeys(problems)))
-    return result("found", counts, _count_note(source.official, counts))
-
-
 def check(root: str | Path) -> list[CheckResult]:
     """Inspect the CIFAR10 and TinyImageNet folders under ``root`` (CIFAR100 is MTIL's folder, which
     ``mtil.check`` reports): found / missing / broken with image counts per split (TinyImageNet's test = val)."""
     root = Path(root).expanduser()
-    return [_check_one(name, root) for name in ("cifar10", "tinyimagenet")]
+    return [check_one(name, root, _SOURCES[name], load_split) for name in ("cifar10", "tinyimagenet")]

@@ -548,8 +548,10 @@ def _unusable(images: LabeledImages) -> str | None:
     return None
 
 
-def _check_one(name: str, root: Path) -> CheckResult:
-    source = _SOURCES[name]
+def check_one(name: str, root: Path, source, load: Callable[[str, Path, str], LabeledImages]) -> CheckResult:
+    """Found / missing / broken for one dataset: ``load(name, root, split)`` for every split, then each split checked
+    as usable. ``source`` gives the folder, layout, how to obtain it and the official (train, test) counts; shared by
+    the MTIL and CIL readers."""
 
     def result(status: str, counts: dict[str, int], detail: str) -> CheckResult:
         return CheckResult(name, status, counts, source.folder, source.layout, source.how_to_get, detail)
@@ -558,7 +560,7 @@ def _check_one(name: str, root: Path) -> CheckResult:
     problems: list[str] = []
     for split in SPLITS:
         try:
-            images = load_split(name, root, split)
+            images = load(name, root, split)
         except DatasetMissingError as e:
             return result("missing", {}, f"{e.path} does not exist")
         except DatasetBrokenError as e:
@@ -591,4 +593,4 @@ def check(root: str | Path, names: Sequence[str] = MTIL_DATASETS) -> list[CheckR
     catalog's), listed images that do not exist, empty splits, and a first image per split that cannot be decoded.
     """
     root = Path(root).expanduser()
-    return [_check_one(name, root) for name in names]
+    return [check_one(name, root, _SOURCES[name], load_split) for name in names]
