@@ -259,7 +259,8 @@ _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _NOT_IDENTITY = {"order", "method", "name", "runs", "data_root", "shards", "shard_cache", "shard_family",
                  "reference_images", "reference_texts", "workers", "seed",
                  "precision", "compile", "clip_arch", "clip_weights", "iterations", "epochs", "batch_size",
-                 "synthetic_batch", "synthetic_budget", "lr", "warmup", "weight_decay", "label_smoothing", "class_order"}
+                 "synthetic_batch", "synthetic_budget", "lr", "warmup", "weight_decay", "label_smoothing", "class_order",
+                 "captions"}
 _PAPER_SCALE = {"batch_size", "synthetic_batch", "synthetic_budget", "lr", "warmup", "weight_decay", "label_smoothing"}
 
 
