@@ -35,7 +35,10 @@ def caption(
     batch_size: int = typer.Option(16, help="Images per captioner call (numerics only: recorded per shard, not in the hash)."),
     device: str = typer.Option(None, help="cuda | cpu (default: cuda when present)."),
 ) -> None:
-    """Caption per-class chosen training images of TASK with BLIP into a resumable, verifiable caption set."""
+    """Caption per-class chosen training images of TASK with BLIP into a resumable, verifiable caption set.
+
+    One process on one device: not for torchrun (refused there).
+    """
     setup_logging()
     import torch
     import transformers

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -25,13 +28,13 @@ from pipeline.models import ClipSpec, load_clip
 from pipeline.training.synthetic import find_pool_sets, spec_filter
 from shards.captions import load_caption_set
 from shards.errors import CorruptShardError, ShardSetError
-from shards.layout import parquet_path, tar_path
-from shards.manifest import CAPTION_ROW_SCHEMA, RECORD_KEY, load_manifest, read_rows
+from shards.layout import parquet_path, spec_hash, tar_path
+from shards.manifest import CAPTION_ROW_SCHEMA, RECORD_KEY, load_manifest, read_rows, write_manifest
 from shards.pull import pull_set
 from shards.push import push_set
 from shards.store import open_store
 from shards.verify import verify_set
-from tests.conftest import run_gift, set_files
+from tests.conftest import ROOT, run_gift, set_files
 
 CPU = torch.device("cpu")
 TINY = ["--captioner", "tiny", "--clip", "tiny", "--clip-weights", "none", "--device", "cpu"]
@@ -218,6 +221,35 @@ def test_rerun_keeps_sound_shards_and_redoes_damaged_ones_to_the_same_bytes(capt
     assert r.returncode == 0 and "captioned 2, kept 1" in one_line(r.stdout), r.stdout + r.stderr
     assert set_files(copy) == set_files(caption_set) and not list(copy.glob(".*"))
     assert load_manifest(copy)["shards"] == load_manifest(caption_set)["shards"]
+
+
+def test_a_directory_holding_another_caption_spec_is_refused_untouched(caption_set, tmp_path):
+    """A set at this address made by another spec (a planted or colliding one) is refused, never reused or mended."""
+    planted = tmp_path / "mini-c" / caption_set.name
+    shutil.copytree(caption_set, planted)
+    manifest = load_manifest(planted)
+    other = {**manifest["spec"], "seed": 1}
+    write_manifest(planted, {**manifest, "spec": other, "spec_hash": spec_hash(other)})
+    tar_path(planted, 2).write_bytes(b"garbage")  # a shard this spec would redo: left as it is
+    before = {p.name: p.read_bytes() for p in planted.iterdir()}
+    r = run_gift(*ARGS, "--out", tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = one_line(r.stderr)
+    assert f"{planted} holds a set made by a different spec" in err and "choose another --out" in err, err
+    assert {p.name: p.read_bytes() for p in planted.iterdir()} == before
+
+
+def test_caption_under_torchrun_stops_every_rank_before_anything_is_written(tmp_path):
+    """`gift caption` is one process: launched by torchrun, each rank says so in one line; no set is opened."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cli", *ARGS,
+           "--out", str(tmp_path / "o")]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "400"})
+    assert r.returncode != 0
+    err = one_line(r.stderr)
+    assert err.count("error: gift caption runs as one process, here it is one of 2 (torchrun)") == 2, err
+    assert "without torchrun, on one device (--device)" in err  # (torchrun then reports the failed ranks itself)
+    assert not (tmp_path / "o").exists()
 
 
 def test_corrupt_caption_set_is_caught_by_verify_and_refused_by_pull(caption_set, tmp_path):

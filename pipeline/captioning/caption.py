@@ -4,10 +4,11 @@ captions, as a content-addressed caption set.
 Select first, caption second. The selection (k-means medoids of CLIP features, or random) is a pure function of
 the split, the CLIP model and the seed; the :class:`CaptionSpec` names it by a fingerprint of the chosen images
 and the captioner by name and revision, so the set's address ``OUT/<task>/<spec-hash[:16]>/`` says what was
-captioned and how. Records are written in shards through the image sets' machinery (``shards/``): each shard a
-tar of ``KEY.txt`` + ``KEY.json`` written under a temporary name, fsynced and renamed, its parquet record after it,
-the manifest rewritten after each shard and last. Re-running the same command skips finished shards whose
-checksums hold and captions the rest.
+captioned and how. Records are written in shards by the same writer as image sets (``shards.setio.SetWriter``):
+each shard a tar of ``KEY.txt`` + ``KEY.json`` written under a temporary name, fsynced and renamed, its parquet record
+after it, the manifest rewritten after each shard and last. Re-running the same command skips finished shards whose
+checksums hold and captions the rest. It runs as one process (``torchrun`` is refused): unlike rendering, shards are
+not split over ranks, so no shared-directory check (``pipeline.dist``) is needed.
 """
 
 from __future__ import annotations
@@ -24,23 +25,13 @@ from PIL import Image
 
 from pipeline.datasets import catalog
 from pipeline.datasets.splits import task_dataset
-from pipeline.generation.generate import default_device, device_name, library_versions
+from pipeline.dist import Dist
+from pipeline.generation.generate import default_device, library_versions, render_record
 from pipeline.models import ClipSpec, load_clip
 from shards.captions import caption_bytes, read_caption_rows
-from shards.errors import SpecMismatchError
-from shards.layout import MANIFEST, parquet_path, set_dir, spec_hash, tar_path
-from shards.manifest import (
-    CAPTION_ROW_SCHEMA,
-    CAPTIONS,
-    ShardRecord,
-    collect_records,
-    load_manifest,
-    make_manifest,
-    read_record,
-    write_manifest,
-)
-from shards.verify import check_shard
-from shards.writer import ShardWriter
+from shards.layout import set_dir, spec_hash
+from shards.manifest import CAPTIONS
+from shards.setio import SetWriter
 
 from .blip import CaptionerSource, Decoding, load_captioner, locate_captioner
 from .select import SELECTIONS, clip_features, fingerprint, select_sources
@@ -145,7 +136,13 @@ def caption_task(
     progress: Progress | None = None,
 ) -> CaptionResult:
     """Caption (or finish captioning) ``per_class`` chosen images of each class of ``task``'s ``split`` under
-    ``out``; returns where the set is and what was done."""
+    ``out``; returns where the set is and what was done.
+
+    One process: under ``torchrun`` (WORLD_SIZE > 1) it refuses to start, as every rank would caption every shard.
+    """
+    if (world := Dist.from_env().world) > 1:
+        raise CaptionSpecError(f"gift caption runs as one process, here it is one of {world} (torchrun): run it "
+                               "without torchrun, on one device (--device)")
     try:
         task_info = catalog.get_task(task)
     except catalog.UnknownTaskError as e:
@@ -201,28 +198,25 @@ def caption_task(
 def write_caption_set(spec: CaptionSpec, rows: list[dict], dataset, source: CaptionerSource, out: str | os.PathLike,
                       *, decoding: Decoding, batch_size: int, device: torch.device, progress: Progress) -> CaptionResult:
     """Caption the planned ``rows`` (images from ``dataset`` by source index) into the set of ``spec``."""
-    set_path = set_dir(out, spec.task, spec.hash)
     shards = [rows[i : i + spec.shard_size] for i in range(0, len(rows), spec.shard_size)]
-    versions = library_versions()
-    _open_set(set_path, spec, len(shards), len(rows), versions)
-    result = CaptionResult(set_path, {}, 0)
+    out_set = SetWriter(set_dir(out, spec.task, spec.hash), spec.to_dict(), len(shards), len(rows), library_versions())
+    out_set.open()
+    result = CaptionResult(out_set.path, {}, 0)
     todo = []
     for i in range(len(shards)):
-        (result.skipped_shards if _finished(set_path, i) else todo).append(i)
+        (result.skipped_shards if out_set.finished(i) else todo).append(i)
     if todo:
-        log.info("captioning %d shard(s) of %s (%d already done)", len(todo), set_path, len(result.skipped_shards))
+        log.info("captioning %d shard(s) of %s (%d already done)", len(todo), out_set.path, len(result.skipped_shards))
         try:
             captioner = load_captioner(source, device, decoding)
         except BaseException:
-            _remove_if_empty(set_path)
+            out_set.remove_if_empty()
             raise
-        render = {"device": device_name(device), "dtype": "fp32", "batch_size": batch_size}
-        if device.type == "cpu":  # CPU kernels reduce in a thread-count-dependent order
-            render["threads"] = torch.get_num_threads()
+        render = render_record(device, "fp32", batch_size)
         progress.start(f"{spec.task}: captions", len(rows), sum(len(shards[i]) for i in result.skipped_shards))
         try:
             for i in todo:
-                with ShardWriter(set_path, i, render, schema=CAPTION_ROW_SCHEMA) as writer:
+                with out_set.shard(i, render) as writer:
                     for b in range(0, len(shards[i]), batch_size):
                         batch = shards[i][b : b + batch_size]
                         texts = captioner.caption([dataset[r["source_index"]][0] for r in batch])
@@ -232,61 +226,10 @@ def write_caption_set(spec: CaptionSpec, rows: list[dict], dataset, source: Capt
                         progress.advance(len(batch))
                     writer.commit()
                 result.captioned_shards.append(i)
-                _update_manifest(set_path, spec, len(shards), len(rows), versions)
+                out_set.write_manifest()
         finally:
             progress.finish()
-    result.manifest = _update_manifest(set_path, spec, len(shards), len(rows), versions)
+    result.manifest = out_set.write_manifest()
     if result.manifest["complete"]:
-        result.caption_bytes = caption_bytes(r["caption"] for r in read_caption_rows(set_path, result.manifest))
+        result.caption_bytes = caption_bytes(r["caption"] for r in read_caption_rows(out_set.path, result.manifest))
     return result
-
-
-def _open_set(set_path: Path, spec: CaptionSpec, num_shards: int, planned: int, versions: dict) -> None:
-    """Create the set directory, or check that the one there was made by this very spec."""
-    set_path.mkdir(parents=True, exist_ok=True)
-    if (set_path / MANIFEST).exists():
-        existing = load_manifest(set_path)
-        if existing["spec"] != spec.to_dict():
-            raise SpecMismatchError(f"{set_path} holds a set made by a different spec with the same hash prefix "
-                                    f"(existing {existing['spec_hash']}, requested {spec.hash}); move it away or "
-                                    "choose another --out")
-    for stale in set_path.glob(".*.tmp-*"):  # left by a killed process: never complete, never read
-        stale.unlink(missing_ok=True)
-    _update_manifest(set_path, spec, num_shards, planned, versions)
-
-
-def _remove_if_empty(set_path: Path) -> None:
-    """Undo ``_open_set`` when nothing was captioned, so a failed start leaves no empty set behind."""
-    if any(set_path.glob("*.parquet")):
-        return
-    (set_path / MANIFEST).unlink(missing_ok=True)
-    for d in (set_path, set_path.parent):
-        try:
-            d.rmdir()  # only succeeds while empty
-        except OSError:
-            break
-
-
-def _finished(set_path: Path, index: int) -> bool:
-    """True when shard ``index`` has a record and its tar matches it; a broken shard is removed."""
-    record_file = parquet_path(set_path, index)
-    if not record_file.exists():
-        return False
-    try:
-        problems = check_shard(set_path, index, read_record(record_file), deep=False, spec={"kind": CAPTIONS})
-    except Exception as e:  # an unreadable record is a broken shard like any other
-        problems = [str(e)]
-    if not problems:
-        return True
-    log.warning("redoing shard %06d: %s", index, "; ".join(problems))
-    record_file.unlink(missing_ok=True)
-    tar_path(set_path, index).unlink(missing_ok=True)
-    return False
-
-
-def _update_manifest(set_path: Path, spec: CaptionSpec, num_shards: int, planned: int, versions: dict) -> dict:
-    records: dict[int, ShardRecord] = collect_records(set_path, num_shards)
-    manifest = make_manifest(task=spec.task, spec=spec.to_dict(), num_shards=num_shards, planned_samples=planned,
-                             records=records, versions=versions)
-    write_manifest(set_path, manifest)
-    return manifest

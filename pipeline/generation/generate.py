@@ -27,19 +27,9 @@ from PIL import Image
 from pipeline.datasets import catalog
 from pipeline.dist import Dist, RankStoppedError
 from shards.captions import CaptionSet
-from shards.errors import SpecMismatchError
-from shards.layout import parquet_path, set_dir, spec_hash, tar_path
-from shards.manifest import (
-    ShardRecord,
-    collect_records,
-    load_manifest,
-    make_manifest,
-    read_record,
-    row_schema,
-    write_manifest,
-)
-from shards.verify import check_shard
-from shards.writer import ShardWriter
+from shards.layout import set_dir, spec_hash
+from shards.manifest import ShardRecord
+from shards.setio import SetWriter
 
 from .generators import (
     DTYPES,
@@ -281,6 +271,14 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def render_record(device: torch.device, dtype: str, batch_size: int) -> dict:
+    """How a shard was computed, as its record keeps it (numerics, not meaning: never part of a spec)."""
+    render = {"device": device_name(device), "dtype": dtype, "batch_size": batch_size}
+    if device.type == "cpu":  # CPU kernels reduce in a thread-count-dependent order
+        render["threads"] = torch.get_num_threads()
+    return render
+
+
 class Progress:
     """Hooks for a progress display (the CLI's rich bar); the default does nothing."""
 
@@ -326,105 +324,58 @@ def generate(
     # finish early wait for the slowest one.
     own_group = dist.init(torch.device("cpu"))
 
-    set_path = set_dir(out, spec.task, spec.hash)
     rows = plan(spec, captions)
     shards = [rows[i : i + spec.shard_size] for i in range(0, len(rows), spec.shard_size)]
-    versions = library_versions()
+    out_set = SetWriter(set_dir(out, spec.task, spec.hash), spec.to_dict(), len(shards), len(rows), library_versions())
     if dist.rank == 0:
-        _open_set(set_path, spec, len(shards), len(rows), versions)
+        out_set.open()
     try:  # every node must write into this very directory: refused here, before anything is rendered
-        dist.check_shared(set_path, "OUT", "nothing was rendered")
+        dist.check_shared(out_set.path, "OUT", "nothing was rendered")
     except RankStoppedError:
         if dist.rank == 0:
-            _remove_if_empty(set_path)
+            out_set.remove_if_empty()
         raise
 
-    result = GenerateResult(set_path, None)
+    result = GenerateResult(out_set.path, None)
     todo = []
     for i in range(dist.rank, len(shards), dist.world):
-        if _finished(set_path, i):
+        if out_set.finished(i):
             result.skipped_shards.append(i)
         else:
             todo.append(i)
     progress.start(sum(len(shards[i]) for i in todo), sum(len(shards[i]) for i in result.skipped_shards))
     if todo:
-        log.info("rank %d: rendering %d shard(s) of %s (%d already done)", dist.rank, len(todo), set_path, len(result.skipped_shards))
+        log.info("rank %d: rendering %d shard(s) of %s (%d already done)", dist.rank, len(todo), out_set.path, len(result.skipped_shards))
         try:
             generator = generator or make_generator(spec, device, allow_download=allow_download, speedups=speedups)
         except BaseException:
             if dist.rank == 0:
-                _remove_if_empty(set_path)
+                out_set.remove_if_empty()
             raise
-        render = {"device": device_name(device), "dtype": spec.dtype, "batch_size": batch_size}
-        if device.type == "cpu":  # CPU kernels reduce in a thread-count-dependent order
-            render["threads"] = torch.get_num_threads()
+        render = render_record(device, spec.dtype, batch_size)
         if speedups.names and spec.generator != "reference":
             render["speedups"] = speedups.names
         for i in todo:
-            record = _render_shard(generator, spec, set_path, i, shards[i], batch_size, render, progress, result)
+            record = _render_shard(generator, spec, out_set, i, shards[i], batch_size, render, progress, result)
             result.rendered_shards.append(i)
             if record.flagged:
                 log.warning("shard %06d: %d of %d images flagged by the safety checker (recorded, not stored)",
                             i, record.flagged, len(shards[i]))
             if dist.rank == 0:
-                _update_manifest(set_path, spec, len(shards), len(rows), versions)
+                out_set.write_manifest()
     dist.barrier()
     if dist.rank == 0:
-        result.manifest = _update_manifest(set_path, spec, len(shards), len(rows), versions)
+        result.manifest = out_set.write_manifest()
     if own_group:
         torch.distributed.destroy_process_group()
     return result
 
 
-def _open_set(set_path: Path, spec: GenerateSpec, num_shards: int, planned: int, versions: dict) -> None:
-    """Create the set directory, or check that the one there was made by this very spec."""
-    set_path.mkdir(parents=True, exist_ok=True)
-    if (set_path / "manifest.json").exists():
-        existing = load_manifest(set_path)
-        if existing["spec"] != spec.to_dict():
-            raise SpecMismatchError(
-                f"{set_path} holds a set made by a different spec with the same hash prefix "
-                f"(existing {existing['spec_hash']}, requested {spec.hash}); move it away or choose another OUT"
-            )
-    for stale in set_path.glob(".*.tmp-*"):  # left by a killed process: never complete, never read
-        stale.unlink(missing_ok=True)
-    _update_manifest(set_path, spec, num_shards, planned, versions)
-
-
-def _remove_if_empty(set_path: Path) -> None:
-    """Undo ``_open_set`` when nothing was rendered, so a failed start leaves no empty set behind."""
-    if any(set_path.glob("*.parquet")):
-        return
-    (set_path / "manifest.json").unlink(missing_ok=True)
-    for d in (set_path, set_path.parent):
-        try:
-            d.rmdir()  # only succeeds while empty
-        except OSError:
-            break
-
-
-def _finished(set_path: Path, index: int) -> bool:
-    """True when shard ``index`` has a record and its tar matches it; a broken shard is removed."""
-    record_file = parquet_path(set_path, index)
-    if not record_file.exists():
-        return False
-    try:
-        problems = check_shard(set_path, index, read_record(record_file), deep=False)
-    except Exception as e:  # an unreadable record is a broken shard like any other
-        problems = [str(e)]
-    if not problems:
-        return True
-    log.warning("redoing shard %06d: %s", index, "; ".join(problems))
-    record_file.unlink(missing_ok=True)
-    tar_path(set_path, index).unlink(missing_ok=True)
-    return False
-
-
-def _render_shard(generator: Generator, spec: GenerateSpec, set_path: Path, index: int, rows: list[PlanRow],
+def _render_shard(generator: Generator, spec: GenerateSpec, out_set: SetWriter, index: int, rows: list[PlanRow],
                   batch_size: int, render: dict, progress: Progress, result: GenerateResult) -> ShardRecord:
     render_s = write_s = 0.0
     ext = spec.image_format
-    with ShardWriter(set_path, index, render, schema=row_schema(spec.to_dict())) as writer:
+    with out_set.shard(index, render) as writer:
         for b in range(0, len(rows), batch_size):
             batch = rows[b : b + batch_size]
             t0 = time.perf_counter()
@@ -445,12 +396,3 @@ def _render_shard(generator: Generator, spec: GenerateSpec, set_path: Path, inde
     log.info("shard %06d done: %d images, %.1f MB, render %.1fs, encode+write %.2fs (%.1f%%)", index,
              record.samples, record.bytes / 1e6, render_s, write_s, 100 * write_s / max(render_s, 1e-9))
     return record
-
-
-def _update_manifest(set_path: Path, spec: GenerateSpec, num_shards: int, planned: int, versions: dict) -> dict:
-    manifest = make_manifest(task=spec.task, spec=spec.to_dict(), num_shards=num_shards, planned_samples=planned,
-                             records=collect_records(set_path, num_shards), versions=versions)
-    write_manifest(set_path, manifest)
-    return manifest
-
-
