@@ -80,8 +80,8 @@ class CltsProtocol(CilProtocol):
         used = record.get("sets", {}).get(self.setting.caption_task, {})
         rows = memory_rows(*kept[-1], catalog.native_shape(self.setting.dataset))
         lines += [f"### Memory after {names[k - 1]}", "",
-                  f"What CLTS keeps of the tasks' data is their captions ({kept[-1][0]:,} of the "
-                  f"{len(self.setting.seen(k - 1))} seen classes); the images it trains its router on are rendered "
+                  f"What CLTS keeps of the tasks' data is their captions ({kept[-1][0]:,} captions of the "
+                  f"{len(self.setting.seen(k - 1))} classes seen); the images it trains its router on are rendered "
                   "from them, and no real image is kept.", "",
                   *memory_markdown(rows, used.get("captioner"), used.get("generator")), ""]
         return lines, table.getvalue(), memory_csv(rows)

@@ -97,7 +97,7 @@ def student_features(module: nn.Module, images: torch.Tensor | None, tokens: tor
 @dataclass(frozen=True)
 class Kept:
     """The memory of the tasks' data a run keeps: ``bytes`` (None where it cannot be counted: images of no fixed
-    size) and what they are, e.g. "2,000 exemplars (32×32×3 uint8)", "100 captions (UTF-8)", "nothing"."""
+    size) and what they are, e.g. "2,000 exemplars, 32×32×3 uint8", "100 captions, UTF-8", "nothing"."""
 
     bytes: int | None
     what: str

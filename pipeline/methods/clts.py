@@ -58,4 +58,4 @@ def caption_kept(run_dir: Path, cfg: dict, state: dict) -> Kept:
     found = caption_memory(run_dir, wanted)
     if found is None:
         return Kept(None, "captions (not recorded: the run has not started)")
-    return Kept(found[1], f"{found[0]:,} captions (UTF-8)")
+    return Kept(found[1], f"{found[0]:,} captions, UTF-8")

@@ -204,7 +204,7 @@ def _signed(v: float | None) -> str:
 
 
 def kept_text(kept: Kept | None) -> str:
-    """'15.4 MB (5,000 exemplars, 32×32×3 uint8)', '4.9 kB (100 captions (UTF-8))', 'nothing'."""
+    """'15.4 MB (5,000 exemplars, 32×32×3 uint8)', '4.9 kB (100 captions, UTF-8)', 'nothing'."""
     if kept is None:
         return report.DASH
     if kept.bytes is None:

@@ -31,14 +31,13 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline.clts.run import run_clts
 from pipeline.dist import Dist
 from pipeline.methods import TaskContext, get_method
 from pipeline.methods.base import student_features
 from pipeline.models import ClipFeatures, ClipSpec, eval_resize, image_size, load_clip, train_transform
 from pipeline.models import tokenizer as clip_tokenizer
 from shards.errors import ShardSetError
-
-from pipeline.clts.run import run_clts
 
 from .captioned import CaptionRenders, caption_pool_sets, write_captions_record
 from .config import TrainConfig, loader_workers, lr_at
