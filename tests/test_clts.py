@@ -171,9 +171,10 @@ def test_router_data_is_balanced_per_task():
 
 
 def test_memory_ratio_of_seq_cifar10_defaults(clts_root):
-    """seq-cifar10 with `gift caption`'s default 10 captions per class: the 100 captions against a 500-image
-    replay buffer of 32×32×3 uint8 images. Caption bytes are measured on tiny BLIP's captions at the default decoding
-    (≤ 30 new tokens; random weights run to the limit: a pessimistic length); BLIP base captions are shorter."""
+    """seq-cifar10 with `gift caption`'s default 10 captions per class (100 captions): against as many 32×32×3 uint8
+    images at BLIP base's caption length (the paper's ≈49 B), ≥ 50×; against a 500-image replay buffer even with tiny
+    BLIP's captions at the default decoding (≤ 30 new tokens; random weights run to the limit: a pessimistic
+    length), ≥ 50×."""
     setting = catalog.get_setting("seq-cifar10")
     per_class = inspect.signature(caption_task).parameters["per_class"].default
     captions = per_class * len(setting.classnames)
@@ -186,6 +187,9 @@ def test_memory_ratio_of_seq_cifar10_defaults(clts_root):
         (100, 100, 100 * 3072, 200 * 3072, 500 * 3072)
     assert same.ratio == pytest.approx(3072 / mean, rel=1e-2) and buffer500.ratio == pytest.approx(2.5 * buffer200.ratio)
     assert buffer500.ratio >= 50, buffer500
+    # The paper's 63× is images against as many captions: 3,072 B per CIFAR image over BLIP base's ~49 B captions.
+    paper = memory_rows(captions, captions * 49, catalog.native_shape(setting.dataset))[1]
+    assert paper.ratio == pytest.approx(3072 / 49) and paper.ratio >= 50
     tiny = memory_rows(100, 5000, catalog.native_shape("tinyimagenet"))
     assert tiny[1].bytes == 100 * 64 * 64 * 3 and tiny[1].ratio == pytest.approx(245.76)
 
