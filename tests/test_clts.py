@@ -238,3 +238,22 @@ def test_cli_bad_input(workspace, clts_root, tmp_path):
     err = " ".join(r.stderr.split())
     assert r.returncode == 2 and "make generate TASK=mini-digits CAPTIONS=" in err
     assert not (tmp_path / "runs").exists()  # nothing written before the inputs are found
+
+
+def test_the_cli_runs_clts_with_soft_routing_and_tracks_router_and_oracle(workspace, clts_root, runs):
+    """`gift train --method clts --routing soft --report-to tensorboard` (the features cached by the runs above):
+    TensorBoard holds the head and router losses and, per step, the router and oracle accuracy."""
+    from tests.test_tracking import tensorboard
+
+    (_, weights), (out, _) = workspace, clts_root
+    r = run_gift("train", "--order", "mini-cil", "--method", "clts", "--routing", "soft", "--name", "clts-soft",
+                 "--runs", out / "runs", "--shards", out / "shards", "--captions", out / "captions", "--clip", "tiny",
+                 "--clip-weights", weights, "--device", "cpu", "--workers", "0", "--report-to", "tensorboard")
+    assert r.returncode == 0, r.stderr
+    _, state = load(out / "runs" / "clts-soft")
+    assert json.loads((out / "runs" / "clts-soft" / "config.json").read_text())["routing"] == "soft"
+    events = tensorboard(out / "runs" / "clts-soft" / "tensorboard")
+    scalars = events.Tags()["scalars"]
+    assert {"train/head", "train/router", "summary/task_avg"} <= set(scalars)
+    assert [e.value for e in events.Scalars("accuracy/router")] == pytest.approx(state["router"])
+    assert [e.value for e in events.Scalars("accuracy/oracle")] == pytest.approx(state["oracle"])
