@@ -82,8 +82,10 @@ def demo(
         spec = resolve_spec("mini-digits", model=f"reference:{reference}", captions=captions, per_caption=4, size=32,
                             device=cpu)
         generate(spec, out_dir / "shards", device=cpu, captions=captions)
+        # (the run names of `gift table`'s presets clts and gift-captions, so `make table ORDER=mini-cil METHODS=seq`
+        # reuses these runs)
         for name, method, extra in (("clts", "clts", {}), ("gift-captions", "gift", {"replay_captions": True})):
-            config = TrainConfig(order="mini-cil", method=method, name=f"{name}-ordermini-cil",
+            config = TrainConfig(order="mini-cil", method=method, name=None if name == method else f"{name}-ordermini-cil",
                                  runs=str(out_dir / "runs"), shards=str(out_dir / "shards"),
                                  captions=str(out_dir / "captions"), clip_arch="tiny", clip_weights=str(weights),
                                  batch_size=32, synthetic_batch=32, synthetic_budget=96, workers=0, **extra)

@@ -23,9 +23,11 @@ from pipeline.generation.generate import generate, resolve_spec
 from pipeline.methods import METHODS
 from pipeline.tables import presets
 from pipeline.tables import table as tbl
+from pipeline.training.captioned import find_renders, write_captions_record
 from pipeline.training.config import TrainConfig
 from pipeline.training.train import Progress, train
 from shards.captions import load_caption_set
+from shards.errors import ShardSetError
 from tests.conftest import run_gift
 from tests.test_report import table_row
 
@@ -238,6 +240,17 @@ def test_cli_bad_input(workspace, clts_root, tmp_path):
     err = " ".join(r.stderr.split())
     assert r.returncode == 2 and "make generate TASK=mini-digits CAPTIONS=" in err
     assert not (tmp_path / "runs").exists()  # nothing written before the inputs are found
+    # Resuming a run with --captions / --shards giving another caption set or render is refused, naming both.
+    run_dir = tmp_path / "resumed"
+    run_dir.mkdir()
+    renders = find_renders(clts_root[0] / "shards", clts_root[1])
+    write_captions_record(run_dir, {"mini-digits": renders})
+    write_captions_record(run_dir, {"mini-digits": renders})  # the same sets: fine
+    record = json.loads((run_dir / "captions.json").read_text())
+    record["sets"]["mini-digits"]["caption_hash"] = "0" * 64
+    (run_dir / "captions.json").write_text(json.dumps(record))
+    with pytest.raises(ShardSetError, match="was trained on the caption set"):
+        write_captions_record(run_dir, {"mini-digits": renders})
 
 
 def test_the_cli_runs_clts_with_soft_routing_and_tracks_router_and_oracle(workspace, clts_root, runs):

@@ -164,6 +164,8 @@ _PRESETS: list[Preset] = [
     _p("gift-3k", "gift", {"synthetic_budget": 3000}, "GIFT, 3K images"),
     # Beyond the papers (issue 13): GIFT replaying images rendered from the earlier tasks' caption sets.
     _p("gift-captions", "gift", {"replay_captions": True}, "GIFT, caption replay (ours)"),
+    # CLTS (issue 13): task heads + a task router on frozen features (no published numbers here: abstract only).
+    Preset("clts", "clts", label="CLTS (task heads + router)"),
     # Table 6: EWC-style static Fisher from N synthetic samples before each task vs AWC (= gift).
     _p("ewc64", "ewc", {"ewc_samples": 64}, "EWC-V, 64 samples", (65.8, 75.6, 85.6), "Tab. 6"),
     _p("ewc128", "ewc", {"ewc_samples": 128}, "EWC-V, 128 samples", (66.8, 76.1, 85.9), "Tab. 6"),

@@ -128,7 +128,8 @@ def caption_pool_sets(shards: str | Path, captions_root: str | Path, pool: Seque
 
 def write_captions_record(run_dir: Path, renders: Mapping[str, CaptionRenders]) -> dict:
     """``captions.json`` in the run directory: which caption sets and renders a run used, and their captions and UTF-8
-    bytes per class, from which the report and ``gift table`` count the memory kept (``caption_memory``)."""
+    bytes per class, from which the report and ``gift table`` count the memory kept (``caption_memory``). A resumed
+    run (the file exists) must find the very sets it was trained on: another caption set or render is refused."""
     sets = {}
     for task, r in renders.items():
         spec = load_manifest(r.renders)
@@ -138,6 +139,18 @@ def write_captions_record(run_dir: Path, renders: Mapping[str, CaptionRenders]) 
                       "caption_bytes_by_class": {str(c): b for c, b in sorted(r.bytes_by_class().items())},
                       "captions_by_class": {str(c): n for c, n in sorted(r.count_by_class().items())}}
     record = {"sets": sets}
+    path = Path(run_dir) / "captions.json"
+    if path.exists():  # a resumed run: the same caption sets and renders, wherever --captions now points
+        before = json.loads(path.read_text())["sets"]
+        changed = [t for t in sorted(set(before) | set(sets)) if
+                   {k: before.get(t, {}).get(k) for k in ("caption_hash", "render_hash")} !=
+                   {k: sets.get(t, {}).get(k) for k in ("caption_hash", "render_hash")}]
+        if changed:
+            t = changed[0]
+            raise ShardSetError(f"{run_dir} was trained on the caption set {before.get(t, {}).get('captions')} and its "
+                                f"render {before.get(t, {}).get('renders')} for {t}; --captions / --shards now give "
+                                f"{sets.get(t, {}).get('captions')} and {sets.get(t, {}).get('renders')}. Point them "
+                                "at the run's own sets to resume it, or pass --name to start a new run")
     atomic_write_bytes(Path(run_dir) / "captions.json", (json.dumps(record, indent=1) + "\n").encode())
     return record
 
