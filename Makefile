@@ -25,15 +25,16 @@ ORDER ?= II
 METHOD ?= gift
 DATA ?= data
 TRAIN_ARGS ?=
-# table (METHODS empty: comparison for MTIL orders, cil = Tab. 7 / 8's CLIP rows for CIL settings)
+# table (METHODS empty: comparison for MTIL orders, seq = finetune icarl gift gift-captions clts for seq-*, cil = Tab. 7 / 8's
+# CLIP rows for the other CIL settings)
 METHODS ?=
 TABLE_ARGS ?=
 # ORDER=mini / mini-cil: the demo's tiny CLIP, reference pool sets and settings, so its finetune and gift runs are reused
-MINI_COMMON = --runs demo-out/runs --shards demo-out/shards --clip tiny --clip-weights demo-out/tiny-clip-pretrained.safetensors \
+MINI_COMMON = --runs demo-out/runs --shards demo-out/shards --captions demo-out/captions --clip tiny --clip-weights demo-out/tiny-clip-pretrained.safetensors \
               --batch-size 32 --synthetic-batch 32 --synthetic-budget 96 --workers 0
 MINI_ARGS = $(MINI_COMMON) $(if $(filter mini,$(ORDER)),--iterations 200 --warmup 10)
 IS_MINI = $(filter mini mini-cil,$(ORDER))
-DEFAULT_GROUP = $(if $(filter I II mini,$(ORDER)),comparison,cil)
+DEFAULT_GROUP = $(if $(filter I II mini,$(ORDER)),comparison,$(if $(filter seq-%,$(ORDER)),seq,cil))
 # sharing: STORE is a directory (shared/NFS mount), ssh://[user@]host[:port]/path, https://... (read-only), any fsspec URL
 STORE ?=
 SET ?=
@@ -102,11 +103,11 @@ pull: $(BIN)/gift ## Fetch SET=STORE/<task>/<hash> into OUT, checking every sha2
 verify: $(BIN)/gift ## Verify every set under OUT (checksums and every sample)
 	@set -e; for m in $(OUT)/*/*/manifest.json; do $(GIFT) shards verify $$(dirname $$m); done
 
-train: $(BIN)/gift ## Continual fine-tuning over ORDER (I|II|mini or a CIL setting) with METHOD, data from DATA, sets from OUT
-	$(GIFT) train --order $(ORDER) --method $(METHOD) --data-root $(DATA) --shards $(OUT) $(TRAIN_ARGS)
+train: $(BIN)/gift ## Continual fine-tuning over ORDER (I|II|mini or a CIL setting) with METHOD, data from DATA, sets from OUT (clts: captions from CAPTIONS_OUT)
+	$(GIFT) train --order $(ORDER) --method $(METHOD) --data-root $(DATA) --shards $(OUT) --captions $(CAPTIONS_OUT) $(TRAIN_ARGS)
 
 table: $(BIN)/gift $(if $(IS_MINI),demo-out/tiny-clip-pretrained.safetensors) ## Run METHODS over ORDER where not finished -> runs/table-ORDER.md/.csv/.png (mini, mini-cil: under demo-out/)
-	$(GIFT) table --order $(ORDER) --methods $(or $(METHODS),$(DEFAULT_GROUP)) $(if $(IS_MINI),$(MINI_ARGS),--data-root $(DATA) --shards $(OUT)) $(TABLE_ARGS)
+	$(GIFT) table --order $(ORDER) --methods $(or $(METHODS),$(DEFAULT_GROUP)) $(if $(IS_MINI),$(MINI_ARGS),--data-root $(DATA) --shards $(OUT) --captions $(CAPTIONS_OUT)) $(TABLE_ARGS)
 
 demo-out/tiny-clip-pretrained.safetensors: | $(BIN)/gift
 	$(GIFT) demo --out demo-out

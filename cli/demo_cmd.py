@@ -16,6 +16,10 @@ from cli.progress import RichProgress, TrainProgress
 from cli.shards_cmd import shards_ls
 
 METHODS = ("finetune", "gift")
+# mini-cil's runs: (row name, method, extra TrainConfig fields); the row names are `gift table`'s presets, so
+# `make table ORDER=mini-cil METHODS=seq` reuses these runs
+CIL_RUNS = (("finetune", "finetune", {}), ("gift", "gift", {}), ("clts", "clts", {}),
+            ("gift-captions", "gift", {"replay_captions": True}))
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -30,9 +34,10 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def run_name(method: str, order: str, seed: int) -> str | None:
-    """Seed 0 keeps `gift train`'s default name, so `make table ORDER=mini` reuses the demo's runs."""
-    return None if seed == 0 else f"{method}-order{order}-seed{seed}"
+def run_name(row: str, method: str, order: str, seed: int) -> str | None:
+    """Seed 0 keeps `gift train`'s default name (or the preset's), so `make table ORDER=…` reuses the demo's runs."""
+    base = None if row == method else f"{row}-order{order}"
+    return base if seed == 0 else f"{row}-order{order}-seed{seed}"
 
 
 def demo(
@@ -42,18 +47,24 @@ def demo(
                                        "trained and each number reported as mean ± std, also in OUT/demo-summary.md."),
 ) -> None:
     """The whole pipeline on CPU with tiny models: render, verify, train finetune and GIFT on `mini` (MTIL) and
-    `mini-cil` (class-incremental), report."""
+    `mini-cil` (class-incremental), then CLTS on `mini-cil` (tiny-BLIP captions, images rendered from them) and GIFT
+    replaying those renders; report."""
     seeds = parse_seeds(seed)
     setup_logging()
     import numpy as np
     import torch
 
+    from pipeline.captioning.caption import caption_task
     from pipeline.datasets import catalog, mini
     from pipeline.evaluation.metrics import summarize_cil
     from pipeline.evaluation.spread import cil_spread_table, fmt, mean_std, spread, spread_table
     from pipeline.generation.generate import generate, resolve_spec
+    from pipeline.methods import get_method
+    from pipeline.models import ClipSpec
+    from pipeline.tables.table import kept_text
     from pipeline.training.config import TrainConfig
     from pipeline.training.train import train as run_train
+    from shards.captions import load_caption_set
     from shards.preview import contact_sheet
     from shards.verify import verify_set
 
@@ -83,27 +94,38 @@ def demo(
         # fine-tuning over mini-a, -b, -c once per method and seed; then class-incremental mini-cil (the ten digits in
         # 5 steps of 2, one head over every seen class after each step, its own per-setting schedule).
         weights = mini.pretrain_tiny_clip(out_dir / "tiny-clip-pretrained.safetensors")
+        # CLTS's stage 1, shared by every seed: caption the digits (tiny BLIP, 10 k-means medoids per class), render 4
+        # images per caption (real held-out digits of the caption's class).
+        captions = load_caption_set(caption_task("mini-digits", out_dir / "captions", captioner="tiny",
+                                                 clip=ClipSpec("tiny", str(weights)), device=cpu).set_path)
+        spec = resolve_spec("mini-digits", model=f"reference:{reference}", captions=captions, per_caption=4, size=32,
+                            device=cpu)
+        generate(spec, out_dir / "shards", device=cpu, captions=captions)
         runs: dict[str, dict[int, Path]] = {m: {} for m in METHODS}
-        cil_runs: dict[str, dict[int, Path]] = {m: {} for m in METHODS}
+        cil_runs: dict[str, dict[int, Path]] = {row: {} for row, _, _ in CIL_RUNS}
         for s in seeds:
             for method in METHODS:
-                config = TrainConfig(order="mini", method=method, name=run_name(method, "mini", s),
+                config = TrainConfig(order="mini", method=method, name=run_name(method, method, "mini", s),
                                      runs=str(out_dir / "runs"), shards=str(out_dir / "shards"), clip_arch="tiny",
                                      clip_weights=str(weights), iterations=iterations, batch_size=32,
                                      synthetic_batch=32, synthetic_budget=96, warmup=10, seed=s, workers=0)
                 runs[method][s] = run_train(config, TrainProgress(), cpu)
-            for method in METHODS:
-                config = TrainConfig(order="mini-cil", method=method, name=run_name(method, "mini-cil", s),
-                                     runs=str(out_dir / "runs"), shards=str(out_dir / "shards"), clip_arch="tiny",
-                                     clip_weights=str(weights), batch_size=32, synthetic_batch=32, synthetic_budget=96,
-                                     seed=s, workers=0)
-                cil_runs[method][s] = run_train(config, TrainProgress(), cpu)
+            for row, method, extra in CIL_RUNS:
+                config = TrainConfig(order="mini-cil", method=method, name=run_name(row, method, "mini-cil", s),
+                                     runs=str(out_dir / "runs"), shards=str(out_dir / "shards"),
+                                     captions=str(out_dir / "captions"), clip_arch="tiny", clip_weights=str(weights),
+                                     batch_size=32, synthetic_batch=32, synthetic_budget=96, seed=s, workers=0, **extra)
+                cil_runs[row][s] = run_train(config, TrainProgress(), cpu)
     matrices = {m: {s: np.load(d / "acc_matrix.npy") for s, d in by_seed.items()} for m, by_seed in runs.items()}
     spreads = {m: spread(list(by_seed.values()), order) for m, by_seed in matrices.items()}
     cil = {m: {s: summarize_cil(json.loads((d / "state.json").read_text())["seen"]) for s, d in by_seed.items()}
            for m, by_seed in cil_runs.items()}
     cil_spreads = {m: (mean_std([c.avg for c in by_seed.values()]), mean_std([c.last for c in by_seed.values()]))
                    for m, by_seed in cil.items()}
+    kept = {row: kept_text(get_method(method).kept(cil_runs[row][seeds[0]],
+                                                  *(json.loads((cil_runs[row][seeds[0]] / f).read_text())
+                                                    for f in ("config.json", "state.json"))))
+            for row, method, _ in CIL_RUNS}
     minutes = (time.time() - started) / 60
 
     table = Table("method", f"{order[0]} after task {' / '.join(str(i + 1) for i in range(len(order)))}", "Transfer",
@@ -113,12 +135,12 @@ def demo(
         table.add_row(method, " / ".join(fmt(v, s.seeds) for v in s.first_dataset), fmt(s.transfer, s.seeds),
                       fmt(s.avg, s.seeds), fmt(s.last, s.seeds))
     out.print(table)
-    table = Table("method", "Avg.", "Last", title="CIL: mini-cil (10 digits, 5 steps of 2)")
-    for method, (avg, last) in cil_spreads.items():
-        table.add_row(method, fmt(avg, len(seeds)), fmt(last, len(seeds)))
+    table = Table("method", "Avg.", "Last", "memory kept", title="CIL: mini-cil (10 digits, 5 steps of 2)")
+    for row, (avg, last) in cil_spreads.items():
+        table.add_row(row, fmt(avg, len(seeds)), fmt(last, len(seeds)), kept[row])
     out.print(table)
     tables = [*spread_table(spreads, order[0]), "", "mini-cil (class-incremental):", "",
-              *cil_spread_table(cil_spreads, len(seeds))]
+              *cil_spread_table(cil_spreads, len(seeds), kept)]
     summary = write_summary(out_dir, seeds, iterations, tables, matrices, runs, order, minutes, cil, cil_runs)
     out.print(f"contact sheet of the tiny SD renders: {sheet}")
     out.print(f"summary (paste-ready table, machine, per-seed runs): {summary}")

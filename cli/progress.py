@@ -112,6 +112,17 @@ class TrainProgress:
     def end_task(self) -> None:
         self.bar.stop()
 
+    def phase(self, label: str, total: int) -> None:
+        """Work outside the training steps (CLTS's feature passes), counted in items."""
+        self.phases = PhaseBar()
+        self.phases.start(label, total)
+
+    def advance(self, n: int) -> None:
+        self.phases.advance(n)
+
+    def end_phase(self) -> None:
+        self.phases.finish()
+
     def evaluated(self, index: int, task: str, row: list[float]) -> None:
         row = [a for a in row if a == a]  # a CIL row: the steps seen so far (NaN: not yet)
         out.print(f"[bold]after task {index + 1} ({task})[/]: " + "  ".join(f"{a:.1f}" for a in row)

@@ -182,5 +182,14 @@ class _Progress:
     def end_task(self) -> None:
         self.bars.end_task()
 
+    def phase(self, label, total) -> None:
+        self.bars.phase(label, total)
+
+    def advance(self, n) -> None:
+        self.bars.advance(n)
+
+    def end_phase(self) -> None:
+        self.bars.end_phase()
+
     def evaluated(self, index, task, row) -> None:
         self.bars.evaluated(index, task, row)

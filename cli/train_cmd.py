@@ -30,7 +30,7 @@ def train(
     order: str = typer.Option("II", help="Task order: I, II (MTIL), mini (scikit-learn images, for demos/tests), or a "
                               "CIL setting: cifar100-10/20/50, tinyimagenet-5/10/20, seq-cifar10/100, seq-tinyimg, "
                               "mini-cil (see `gift settings`)."),
-    method: str = typer.Option("gift", help="gift | finetune | l2 | wise-ft | lwf | lwf-vr | zscl | icarl | ewc | zeroshot."),
+    method: str = typer.Option("gift", help="gift | finetune | l2 | wise-ft | lwf | lwf-vr | zscl | icarl | ewc | zeroshot | clts (CIL: task heads + a task router trained on caption renders)."),
     name: str = typer.Option(None, help="Run directory name under --runs (default: <method>-order<order>)."),
     runs: Path = typer.Option(Path("runs"), help="Where run directories go."),
     data_root: Path = typer.Option(None, help="Folder holding the MTIL datasets (see `gift data check`)."),
@@ -70,6 +70,12 @@ def train(
     ensemble_every: int = typer.Option(None, help="zscl: weight-ensemble snapshot every N steps (default: 100 MTIL, 10 CIL)."),
     memory_size: int = typer.Option(None, help="icarl: exemplars kept over all seen classes, herding (default: 10,000 MTIL, 5,000 CIL)."),
     ewc_samples: int = typer.Option(256, help="ewc: synthetic samples for the static Fisher before each task."),
+    captions: Path = typer.Option(Path("captions-out"), help="clts and --replay-captions: root of caption sets (gift caption --out), or one caption set; the images rendered from each are found under --shards."),
+    replay_captions: bool = typer.Option(False, "--replay-captions", help="gift: replay images rendered from the earlier tasks' caption sets (texts = their captions) instead of class-name prompts; the base set stays class prompts."),
+    routing: str = typer.Option("hard", help="clts: hard (the router's task, then its head) | soft (argmax over classes of p(t|x)·p(c|x,t))."),
+    router_epochs: float = typer.Option(20.0, help="clts: passes of the router over the task-balanced renders, after every task."),
+    router_lr: float = typer.Option(1e-3, help="clts: the router's AdamW learning rate (the heads use --lr, default 1e-3 for clts)."),
+    router_hidden: int = typer.Option(512, help="clts: hidden width of the 2-layer MLP router."),
     device: str = typer.Option(None, help="cuda | cpu (default: cuda when present)."),
     gpus: int = typer.Option(1, help="Processes to launch with torchrun (one per GPU; DistributedDataParallel)."),
     report_to: str = typer.Option("", "--report-to", help="Experiment trackers, comma-separated: tensorboard, wandb (off by default; pip install -e '.[tracking]'). Rank 0 logs losses, lr, steps/s, accuracy rows, the summary and the figures under the run directory; a resumed run continues the same log / W&B run."),
@@ -101,7 +107,8 @@ def train(
             fisher_norm=fisher_norm, replay_generator=replay_generator, wise_alpha=wise_alpha, random_texts=random_texts,
             reference_images=str(reference_images) if reference_images else None,
             reference_texts=str(reference_texts) if reference_texts else None, ensemble_every=ensemble_every,
-            memory_size=memory_size, ewc_samples=ewc_samples,
+            memory_size=memory_size, ewc_samples=ewc_samples, captions=str(captions), replay_captions=replay_captions,
+            routing=routing, router_epochs=router_epochs, router_lr=router_lr, router_hidden=router_hidden,
         )
         try:
             run_dir = run_train(config, TrainProgress(), torch.device(device) if device else None,

@@ -53,3 +53,19 @@ def test_bad_seed_lists_are_refused_before_anything_runs(tmp_path):
     for bad, message in (("1,1", "distinct"), ("-1", "non-negative"), ("", "comma-separated")):
         with pytest.raises(typer.BadParameter, match=message):
             parse_seeds(bad)
+
+
+def test_cil_table_over_seeds_by_hand():
+    from pipeline.evaluation.metrics import summarize_cil
+    from pipeline.evaluation.spread import cil_spread_table
+
+    # seen-class accuracy after each of 3 steps; Avg = mean of the row, Last = its end
+    runs = [summarize_cil([90.0, 60.0, 30.0]), summarize_cil([94.0, 62.0, 34.0])]
+    assert (runs[0].avg, runs[0].last, runs[1].avg, runs[1].last) == pytest.approx((60.0, 30.0, 190 / 3, 34.0))
+    row = (mean_std([r.avg for r in runs]), mean_std([r.last for r in runs]))
+    assert cil_spread_table({"clts": row}, 2, {"clts": "4.9 kB (100 captions, UTF-8)"}) == [
+        "| method | Avg. | Last | memory kept |",
+        "|---|---:|---:|---|",
+        # Avg: 60 and 63.3 -> 61.7 ± 2.4 (sample std of two values = |a - b| / sqrt 2); Last: 32.0 ± 2.8
+        "| clts | 61.7 ± 2.4 | 32.0 ± 2.8 | 4.9 kB (100 captions, UTF-8) |",
+    ]

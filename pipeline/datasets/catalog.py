@@ -159,6 +159,10 @@ CIL_TEMPLATE = "a bad photo of a {}."  # the CIL harness's prompt, for training 
 CIL_POOL_TASKS = ("cil-base", "cil-cifar10", "cil-cifar100", "cil-tinyimagenet", "mini-cil-base", "mini-digits")
 # Settings of at most this many incremental steps size the default images per class (the 10-step ones and shorter).
 SIZING_STEPS = 10
+# Each CIL dataset's native images, (height, width, channels) of uint8: CLTS downsamples its renders to this size
+# before the shared preprocessing, and its memory table counts the raw bytes of images of this shape.
+NATIVE_SHAPE: dict[str, tuple[int, int, int]] = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
+                                                 "tinyimagenet": (64, 64, 3), "mini-digits": (8, 8, 1)}
 
 
 class CilSettingError(ValueError):
@@ -188,6 +192,13 @@ class CilSetting:
         """Original labels of every step, in class order."""
         bounds = [sum(self.sizes[:k]) for k in range(len(self.sizes) + 1)]
         return tuple(self.class_order[a:b] for a, b in zip(bounds, bounds[1:], strict=False))
+
+    @property
+    def caption_task(self) -> str:
+        """The task a CLTS caption set of this setting is made for: the dataset's stage-1 task (``cil-cifar10``, ...,
+        ``mini-digits``), all of its classes by original label, so one caption set (and one render of it) serves every
+        setting and class order of the dataset; a step takes its classes' records."""
+        return self.pool_task
 
     @property
     def step_names(self) -> list[str]:
@@ -237,6 +248,21 @@ def cil_dataset_classnames(dataset: str) -> tuple[str, ...]:
     if dataset == "mini-digits":
         return DIGIT_WORDS
     return tuple(_load("cil.json")[f"{dataset}_classnames"])
+
+
+def native_shape(dataset: str) -> tuple[int, int, int]:
+    """(height, width, channels) of a CIL dataset's images (``NATIVE_SHAPE``); an unknown name lists the known ones."""
+    if dataset not in NATIVE_SHAPE:
+        raise UnknownTaskError(f"no native image size for {dataset!r}; known: {', '.join(NATIVE_SHAPE)}")
+    return NATIVE_SHAPE[dataset]
+
+
+def cil_pool_dataset(task: str) -> str | None:
+    """The dataset whose images a CIL stage-1 set's classes are (``cil-cifar10`` -> ``cifar10``, ``mini-digits`` itself);
+    None for the base names (``cil-base``, ``mini-cil-base``: no dataset of theirs is a CIL dataset)."""
+    if task in ("cil-base", "mini-cil-base"):
+        return None
+    return task if task in MINI_TASKS else task.removeprefix("cil-")
 
 
 def cil_pool_classnames(task: str) -> tuple[str, ...]:

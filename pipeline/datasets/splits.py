@@ -1,7 +1,7 @@
 """(PIL image, label) pairs of any task's split, from wherever that task's data live.
 
 A task is an MTIL dataset (``data_root``), a mini task (scikit-learn), a CIL dataset (``cifar10``, ``cifar100``,
-``tinyimagenet``: original labels) or a CIL step (``cifar100-10/03``: its classes, labels 0..n-1 in class order).
+``tinyimagenet``, or its stage-1 task ``cil-cifar10`` ...: original labels) or a CIL step (``cifar100-10/03``: its classes, labels 0..n-1 in class order).
 """
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ def task_dataset(task: str, split: str, data_root: str | None) -> Dataset:
     """(PIL image, label) pairs of a task's split: mini tasks from scikit-learn, the others from ``data_root``."""
     if task in catalog.MINI_TASKS:
         return _Images(*mini.load_split(task, split))
+    if task in catalog.CIL_POOL_TASKS:  # a CIL dataset's own set (`gift caption cil-cifar10`): original labels
+        dataset = catalog.cil_pool_dataset(task)
+        if dataset is None:
+            raise ValueError(f"{task} has no images: its classes are ImageNet names standing in for CLIP's "
+                             "pre-training data (only `gift generate` renders it)")
+        if data_root is None:
+            raise ValueError(f"task {task} needs --data-root (the folder holding {dataset}; see `gift data check`)")
+        return cil.load_split(dataset, data_root, split)
     if "/" in task:  # a CIL step of a setting's own class order (another order: ``step_dataset``)
         setting = catalog.get_setting(task.rpartition("/")[0])
         return step_dataset(setting, setting.step_names.index(catalog.get_task(task).name), split, data_root)

@@ -116,7 +116,8 @@ def comparison_lines(summary: CilSummary, method: str, setting: CilSetting, comp
 
 
 def results_markdown(acc: np.ndarray, seen: Sequence[float], setting: CilSetting, *, method: str, comparable: bool,
-                     title: str | None = None) -> str:
+                     title: str | None = None, extra: Sequence[str] = ()) -> str:
+    """results.md; ``extra``: a method's own sections (lines), after the step matrix."""
     summary = summarize_cil(seen, acc)
     k, t = acc.shape
     status = "finished" if k == t else f"in progress: {k} of {t} steps done; Avg and Last use the finished steps"
@@ -136,7 +137,7 @@ def results_markdown(acc: np.ndarray, seen: Sequence[float], setting: CilSetting
               "Rows: after training step i; columns: the test images of step j's classes, same head.", ""]
     cells = [[f"after {setting.step_names[i]}", *("" if math.isnan(v) else f"**{v:.1f}**" if i == j else f"{v:.1f}"
                                                 for j, v in enumerate(row))] for i, row in enumerate(acc)]
-    lines += [*_md_table(["after step ↓ / classes of step →", *setting.step_names], cells), ""]
+    lines += [*_md_table(["after step ↓ / classes of step →", *setting.step_names], cells), "", *extra]
     return "\n".join(lines)
 
 
@@ -160,8 +161,9 @@ def curves_figure(acc: np.ndarray, seen: Sequence[float], setting: CilSetting, t
 
 
 def write_cil_report(run_dir: Path, *, setting: CilSetting, acc: np.ndarray, seen: Sequence[float], method: str,
-                     comparable: bool, title: str | None = None) -> dict[str, Path]:
-    """Write the CSV / NPY step matrix, ``results.md`` and the two figures of a CIL run; returns their paths.
+                     comparable: bool, title: str | None = None, extra: Sequence[str] = ()) -> dict[str, Path]:
+    """Write the CSV / NPY step matrix, ``results.md`` (``extra``: lines of a method's own sections at its end) and
+    the two figures of a CIL run; returns their paths.
 
     ``acc``: ``(k, T)`` step matrix (NaN above the diagonal), ``seen``: the k seen-class accuracies (percent).
     Raises ``ValueError`` on inconsistent inputs (see :func:`summarize_cil`), before writing anything.
@@ -175,7 +177,7 @@ def write_cil_report(run_dir: Path, *, setting: CilSetting, acc: np.ndarray, see
     fig_title = title or f"{method}, {setting.name}"
     if acc.shape[0] < acc.shape[1]:
         fig_title += f" ({acc.shape[0]} of {acc.shape[1]} steps done)"
-    md = results_markdown(acc, seen, setting, method=method, comparable=comparable, title=title)
+    md = results_markdown(acc, seen, setting, method=method, comparable=comparable, title=title, extra=extra)
     return {
         "csv": _atomic_write_text(run_dir / "acc_matrix.csv", matrix_csv(acc, seen, setting)),
         "npy": _atomic_write(run_dir / "acc_matrix.npy", lambda fh: np.save(fh, acc, allow_pickle=False)),

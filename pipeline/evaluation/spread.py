@@ -67,8 +67,10 @@ def spread_table(rows: dict[str, Spread], first: str) -> list[str]:
     return lines
 
 
-def cil_spread_table(rows: dict[str, tuple[MeanStd, MeanStd]], seeds: int) -> list[str]:
-    """A markdown table of class-incremental runs, one row per method: Avg. and Last, each as mean ± std."""
-    lines = ["| method | Avg. | Last |", "|---|---:|---:|"]
-    lines += [f"| {method} | {fmt(avg, seeds)} | {fmt(last, seeds)} |" for method, (avg, last) in rows.items()]
+def cil_spread_table(rows: dict[str, tuple[MeanStd, MeanStd]], seeds: int, kept: dict[str, str]) -> list[str]:
+    """A markdown table of class-incremental runs, one row per method: Avg. and Last, each as mean ± std, and what
+    the method keeps between steps (``kept[method]``)."""
+    lines = ["| method | Avg. | Last | memory kept |", "|---|---:|---:|---|"]
+    lines += [f"| {method} | {fmt(avg, seeds)} | {fmt(last, seeds)} | {kept[method]} |"
+              for method, (avg, last) in rows.items()]
     return lines

@@ -1,6 +1,7 @@
 """Continual-learning methods, one small file each, plugged into one loop (see ``base.py``)."""
 
-from .base import Method, SynthBatch, TaskContext
+from .base import Kept, Method, SynthBatch, TaskContext
+from .clts import Clts
 from .ewc import EWC
 from .finetune import Finetune
 from .gift import Gift
@@ -22,6 +23,7 @@ METHODS: dict[str, type[Method]] = {
     "icarl": ICaRL,
     "ewc": EWC,
     "gift": Gift,
+    "clts": Clts,
 }
 
 
@@ -31,4 +33,4 @@ def get_method(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Method", "SynthBatch", "TaskContext", "get_method"]
+__all__ = ["METHODS", "Kept", "Method", "SynthBatch", "TaskContext", "get_method"]

@@ -13,6 +13,10 @@ default the task's synthetic draw), then every step:
 
 and ``end_task`` after the last step (weight averaging, exemplar selection). A method is one small class in
 its own file, registered in ``methods/__init__.py``.
+
+A method that does not fine-tune CLIP at all names another ``loop`` (CLTS: ``task-heads``, task heads and a router on
+frozen features; ``pipeline.training.train.LOOPS`` maps it to its runner), and every method says what memory of the
+tasks' data a finished run keeps (``kept``: exemplars, captions, nothing), which ``gift table`` shows beside its row.
 """
 
 from __future__ import annotations
@@ -90,11 +94,21 @@ def student_features(module: nn.Module, images: torch.Tensor | None, tokens: tor
     return out[0], out[1]
 
 
+@dataclass(frozen=True)
+class Kept:
+    """The memory of the tasks' data a run keeps: ``bytes`` (None where it cannot be counted: images of no fixed
+    size) and what they are, e.g. "2,000 exemplars, 32×32×3 uint8", "100 captions, UTF-8", "nothing"."""
+
+    bytes: int | None
+    what: str
+
+
 class Method:
     name: ClassVar[str] = ""
     trains: ClassVar[bool] = True  # False: evaluate only
     uses_synthetic: ClassVar[bool] = False
     uses_anchor: ClassVar[bool] = False  # needs θ(t−1) copied at the task's start
+    loop: ClassVar[str] = "finetune"  # the fine-tuning loop of pipeline/training/train.py (else LOOPS[loop])
 
     def __init__(self, config) -> None:
         self.config = config
@@ -102,6 +116,12 @@ class Method:
     @classmethod
     def check(cls, config) -> None:
         """Validate the method's own inputs and options before the run starts (raise ValueError)."""
+
+    @classmethod
+    def kept(cls, run_dir: Path, cfg: dict, state: dict) -> Kept:
+        """The memory of task data the run in ``run_dir`` (its config.json ``cfg`` and state.json ``state``) keeps
+        after its finished tasks. By default nothing: the model alone, and data that is not the tasks' own."""
+        return Kept(0, "nothing")
 
     def begin_task(self, ctx: TaskContext) -> None: ...
 

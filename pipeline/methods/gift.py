@@ -25,7 +25,8 @@ from pipeline.training.losses import (
 )
 
 from . import frozen
-from .base import Method, SynthBatch, TaskContext, frozen_copy
+from .base import Kept, Method, SynthBatch, TaskContext, frozen_copy
+from .clts import caption_kept
 from .frozen import prompt_index
 
 DISTILL = ("contrastive", "feature", "image-only", "text-only")
@@ -78,6 +79,14 @@ class Gift(Method):
     name = "gift"
     uses_synthetic = True
     uses_anchor = True
+
+    @classmethod
+    def kept(cls, run_dir, cfg: dict, state: dict) -> Kept:
+        """Nothing of the tasks' data (its replay is rendered from class names); with ``--replay-captions`` the
+        captions of the classes seen, as CLTS."""
+        if cfg.get("replay_captions"):
+            return caption_kept(run_dir, cfg, state)
+        return Kept(0, "nothing (renders of class names)")
 
     def begin_task(self, ctx: TaskContext) -> None:
         """Build the teacher, then its features of the task's whole synthetic draw (fixed: decoded once, resize +

@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.datasets import catalog
 from pipeline.evaluation.evaluate import Transformed
 from pipeline.models import encode_images, eval_resize, normalize_uint8
 from pipeline.models import tokenizer as clip_tokenizer
 from shards.layout import atomic_write_bytes
 
 from . import frozen
-from .base import Method, SynthBatch, TaskContext, frozen_copy
+from .base import Kept, Method, SynthBatch, TaskContext, frozen_copy
 from .lwf import distill_on_teacher_texts
 
 
@@ -67,6 +68,20 @@ class ICaRL(Method):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.entries: dict[str, dict[int, list[int]]] | None = None
+
+    @classmethod
+    def kept(cls, run_dir: Path, cfg: dict, state: dict) -> Kept:
+        """The exemplars after the last finished task, as raw uint8 images of the CIL dataset's native size (MTIL's
+        images have no fixed size: counted, not sized)."""
+        path = memory_file(run_dir, state.get("finished", 0))
+        if not path.exists():
+            return Kept(0, "nothing yet")
+        count = sum(len(ids) for by_class in json.loads(path.read_text()).values() for ids in by_class.values())
+        order = str(cfg.get("order"))
+        if not catalog.is_cil(order):
+            return Kept(None, f"{count:,} exemplars (real images)")
+        h, w, c = catalog.native_shape(catalog.get_setting(order).dataset)
+        return Kept(count * h * w * c, f"{count:,} exemplars, {h}×{w}×{c} uint8")
 
     def begin_task(self, ctx: TaskContext) -> None:
         if self.entries is None:  # a fresh or resumed run: the memory after the tasks already done

@@ -162,6 +162,10 @@ _PRESETS: list[Preset] = [
     _p("gift-noawc-3k", "gift", {"synthetic_budget": 3000, **NO_AWC}, "Synthetic 3K (w/o AWC)", (69.1, 76.7, 84.9),
        "Tab. 5, 12"),
     _p("gift-3k", "gift", {"synthetic_budget": 3000}, "GIFT, 3K images"),
+    # Beyond the papers (issue 13): GIFT replaying images rendered from the earlier tasks' caption sets.
+    _p("gift-captions", "gift", {"replay_captions": True}, "GIFT, caption replay (ours)"),
+    # CLTS (issue 13): task heads + a task router on frozen features (no published numbers here: abstract only).
+    Preset("clts", "clts", label="CLTS (task heads + router)"),
     # Table 6: EWC-style static Fisher from N synthetic samples before each task vs AWC (= gift).
     _p("ewc64", "ewc", {"ewc_samples": 64}, "EWC-V, 64 samples", (65.8, 75.6, 85.6), "Tab. 6"),
     _p("ewc128", "ewc", {"ewc_samples": 128}, "EWC-V, 128 samples", (66.8, 76.1, 85.9), "Tab. 6"),
@@ -183,6 +187,9 @@ ALIASES: dict[str, str] = {"gift-cd-ita": "gift-noawc", "gift-ita0": "gift-cd", 
                            "ewc-v128": "ewc128", "ewc-v256": "ewc256"}
 COMPARISON = ["zeroshot", "finetune", "l2", "lwf", "icarl", "lwf-vr", "wise-ft", "zscl", "gift"]
 CIL_COMPARISON = ["zeroshot", "finetune", "lwf", "icarl", "lwf-vr", "zscl", "gift"]
+# CLTS's settings (seq-cifar10 / seq-cifar100 / seq-tinyimg): clts beside the methods whose memory differs in kind
+# (none, exemplars, class-name renders, caption renders); `gift table` shows the memory each keeps.
+SEQ_COMPARISON = ["finetune", "icarl", "gift", "gift-captions", "clts"]
 GROUPS: dict[str, list[str]] = {
     "comparison": COMPARISON,
     "table1": COMPARISON,  # Order I
@@ -197,6 +204,7 @@ GROUPS: dict[str, list[str]] = {
     "cil": CIL_COMPARISON,
     "table7": CIL_COMPARISON,
     "table8": CIL_COMPARISON,
+    "seq": SEQ_COMPARISON,
 }
 DEFAULT_METHODS = "comparison"
 NOT_IMPLEMENTED = {"moe-adapter": "MoE-Adapter (Yu et al. 2024) is not implemented here; its published numbers are "
@@ -206,7 +214,10 @@ MOE_ADAPTER: dict[str, Triple] = {"I": (68.9, 76.7, 85.0), "II": (64.3, 74.7, 84
 
 
 def default_methods(order: str) -> str:
-    """The group ``gift table`` runs when --methods is not given: ``comparison`` (MTIL) or ``cil``."""
+    """The group ``gift table`` runs when --methods is not given: ``comparison`` (MTIL), ``seq`` (CLTS's seq-*
+    settings) or ``cil`` (the other CIL settings: Tab. 7 / 8)."""
+    if order.startswith("seq-"):
+        return "seq"
     return "cil" if catalog.is_cil(order) else DEFAULT_METHODS
 
 
@@ -259,7 +270,8 @@ _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _NOT_IDENTITY = {"order", "method", "name", "runs", "data_root", "shards", "shard_cache", "shard_family",
                  "reference_images", "reference_texts", "workers", "seed",
                  "precision", "compile", "clip_arch", "clip_weights", "iterations", "epochs", "batch_size",
-                 "synthetic_batch", "synthetic_budget", "lr", "warmup", "weight_decay", "label_smoothing", "class_order"}
+                 "synthetic_batch", "synthetic_budget", "lr", "warmup", "weight_decay", "label_smoothing", "class_order",
+                 "captions"}
 _PAPER_SCALE = {"batch_size", "synthetic_batch", "synthetic_budget", "lr", "warmup", "weight_decay", "label_smoothing"}
 
 

@@ -30,10 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.clts.memory import human
 from pipeline.datasets import catalog
 from pipeline.evaluation import report
 from pipeline.evaluation.cil_report import CLIP_ROWS, describe, published_cil
 from pipeline.evaluation.metrics import CilSummary, Summary, summarize, summarize_cil
+from pipeline.methods import METHODS, Kept
 from pipeline.training.config import TrainConfig
 from pipeline.training.rundir import prepare_run_dir
 from pipeline.training.train import Progress, train
@@ -61,6 +63,7 @@ class Row:
     published: Triple | None = None
     source: str = ""
     error: str | None = None
+    kept: Kept | None = None  # the memory of task data the run keeps (its method's ``kept``)
 
     @property
     def values(self) -> Triple | None:
@@ -170,6 +173,8 @@ def build_table(order: str, run_dirs: Sequence[Path], *, errors: Mapping[Path, s
                   source=preset.source_for(order) if preset else "", error=error)
         if len(acc):
             row.summary = summarize_cil(state["seen"], acc) if catalog.is_cil(order) else summarize(acc, datasets)
+        if cfg["method"] in METHODS:
+            row.kept = METHODS[cfg["method"]].kept(run_dir, cfg, state)
         rows.append(row)
     return Table(order, datasets, rows)
 
@@ -198,6 +203,15 @@ def _signed(v: float | None) -> str:
     return report.DASH if v is None or math.isnan(v) else f"{v:+.1f}"
 
 
+def kept_text(kept: Kept | None) -> str:
+    """'15.4 MB (5,000 exemplars, 32×32×3 uint8)', '4.9 kB (100 captions, UTF-8)', 'nothing'."""
+    if kept is None:
+        return report.DASH
+    if kept.bytes is None:
+        return kept.what
+    return kept.what if kept.bytes == 0 else f"{human(kept.bytes)} ({kept.what})"
+
+
 def table_markdown(table: Table) -> str:
     """``table-<order>.md``: the comparison in the paper's layout, then notes on partial / failed rows."""
     show_paper = any(r.published is not None for r in table.rows)
@@ -205,6 +219,8 @@ def table_markdown(table: Table) -> str:
     header = ["Method", "paper row"]
     for m in table.metrics:
         header += [report.METRICS[m], *(["paper"] if show_paper else []), *(["Δ l2"] if delta_column else [])]
+    if table.cil:  # CIL: what of the tasks' data each method keeps (exemplars, captions, nothing)
+        header.append("memory kept")
     header.append("status")
     lines_rows = []
     for row in table.rows:
@@ -218,6 +234,8 @@ def table_markdown(table: Table) -> str:
                 cells.append(_csv_num(published[m], 2) or report.DASH if table.cil else _num(published[m]))
             if delta_column:
                 cells.append(_signed(delta[m]))
+        if table.cil:
+            cells.append(kept_text(row.kept))
         cells.append(row.status_text)
         lines_rows.append(cells)
     if table.cil:
@@ -272,7 +290,7 @@ def published_only_lines(order: str) -> list[str]:
 
 CSV_HEADER = ["method", "preset", "paper_row", "run_dir", "status", "finished", "tasks", "transfer", "avg", "last",
               "delta_transfer", "delta_avg", "delta_last", "published_transfer", "published_avg", "published_last",
-              "differs_transfer", "differs_avg", "differs_last", "source", "error"]
+              "differs_transfer", "differs_avg", "differs_last", "source", "error", "memory_bytes", "memory"]
 
 
 def table_csv(table: Table) -> str:
@@ -290,7 +308,9 @@ def table_csv(table: Table) -> str:
                          *(_csv_num(v, 2) for v in delta),
                          *(_csv_num(v, 2 if table.cil else 1) for v in published),
                          *((str(d).lower() if has_pub else "") for d in row.differs()),
-                         row.source, row.error or ""])
+                         row.source, row.error or "",
+                         "" if row.kept is None or row.kept.bytes is None else row.kept.bytes,
+                         "" if row.kept is None else row.kept.what])
     return buf.getvalue()
 
 

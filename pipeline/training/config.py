@@ -30,7 +30,11 @@ CIL_DATASET_DEFAULTS: dict[str, dict[str, object]] = {
     "mini-digits": {"lr": MINI_LR, "epochs": 10.0, "warmup": 5},
 }
 CIL_METHOD_DEFAULTS: dict[str, dict[str, object]] = {"lwf": {"alpha": 5.0}, "lwf-vr": {"alpha": 5.0},
-                                                     "zscl": {"alpha": 5.0}}
+                                                     "zscl": {"alpha": 5.0},
+                                                     # CLTS's task heads (linear, on frozen features; ours, REFERENCE.md
+                                                     # "CLTS"): AdamW 1e-3 for 10 epochs, constant, no smoothing or decay
+                                                     "clts": {"lr": 1e-3, "epochs": 10.0, "warmup": 0,
+                                                              "label_smoothing": 0.0, "weight_decay": 0.0}}
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,14 @@ class TrainConfig:
     ensemble_every: int | None = None  # zscl: weight-ensemble snapshot interval (steps; None: 100 MTIL, 10 CIL)
     memory_size: int | None = None  # icarl: exemplars kept over all seen classes (None: 10,000 MTIL, 5,000 CIL)
     ewc_samples: int = 256  # ewc: synthetic samples for the static Fisher before each task
+    # caption sets (CLTS; GIFT with replay_captions): their root (`gift caption --out`) or one caption set
+    captions: str = "captions-out"
+    replay_captions: bool = False  # gift: the earlier tasks' pool sets are the renders of their caption sets
+    # clts: the task heads use lr / epochs / batch_size (the setting's clts defaults); the router its own
+    routing: str = "hard"  # hard: head of argmax p(t|x); soft: argmax over classes of p(t|x)·p(c|x,t)
+    router_epochs: float = 20.0  # passes over the task-balanced renders, re-trained from scratch after every task
+    router_lr: float = 1e-3
+    router_hidden: int = 512
 
     def __post_init__(self) -> None:
         if self.iterations is not None and self.epochs is not None:
@@ -127,8 +139,9 @@ def lr_at(step: int, base: float, warmup: int, total: int) -> float:
 
 
 # How a run is fed, not what it computes (a run reproduces exactly whatever the worker count): these may change
-# when a run is resumed, e.g. on a machine with fewer cores.
-FREE_ON_RESUME = {"workers", "shard_cache"}
+# when a run is resumed, e.g. on a machine with fewer cores. The caption root too: what a run uses of it is a caption
+# set and its render, by hash, recorded in captions.json and checked on resume (training.captioned).
+FREE_ON_RESUME = {"workers", "shard_cache", "captions"}
 
 
 def loader_workers(config: TrainConfig) -> int:

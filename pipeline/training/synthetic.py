@@ -46,17 +46,26 @@ class SyntheticBatchSource:
         return len(self.prompts)
 
 
+# What a set renders rather than how: left out of the family with the task. Renders of caption sets (the caption set's
+# hash, images per caption, prompt template) then share a family across tasks, and with class-prompt sets of the same
+# generator settings.
+NOT_FAMILY = ("task", "per_class", "captions", "per_caption", "prompt_template")
+
+
 def spec_family(spec: dict) -> str:
-    """What must agree across the pool's sets: the generator spec without task and per-class count."""
-    return spec_hash({k: v for k, v in spec.items() if k not in ("task", "per_class")})[:16]
+    """What must agree across the pool's sets: the generator spec without task, per-class count and caption fields
+    (a class-prompt set's family is unchanged by them: its spec has none)."""
+    return spec_hash({k: v for k, v in spec.items() if k not in NOT_FAMILY})[:16]
 
 
 def spec_filter(family: str | None = None, generator: str | None = None) -> Callable[[dict], bool]:
     """Which sets a run's pool may use (a manifest -> bool): of spec family ``family`` and of generator
     ``generator`` (``sd15``, ``tiny``, or ``reference``: real images); None accepts any. The same test picks
-    local sets and the sets fetched from a store. Caption sets (``gift caption``) hold no images: never a pool set."""
-    return lambda m: (set_kind(m["spec"]) == IMAGES and family in (None, spec_family(m["spec"]))
-                      and generator in (None, m["spec"].get("generator")))
+    local sets and the sets fetched from a store. Caption sets (``gift caption``) hold no images, and images rendered
+    from captions are no class-prompt set (``--replay-captions`` and CLTS find those, ``training.captioned``): neither
+    is ever a class-prompt pool set."""
+    return lambda m: (set_kind(m["spec"]) == IMAGES and "captions" not in m["spec"]
+                      and family in (None, spec_family(m["spec"])) and generator in (None, m["spec"].get("generator")))
 
 
 def find_pool_sets(root: Path, tasks: Sequence[str], family: str | None = None,

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline.clts.run import run_clts
 from pipeline.dist import Dist
 from pipeline.methods import TaskContext, get_method
 from pipeline.methods.base import student_features
@@ -38,13 +39,18 @@ from pipeline.models import ClipFeatures, ClipSpec, eval_resize, image_size, loa
 from pipeline.models import tokenizer as clip_tokenizer
 from shards.errors import ShardSetError
 
+from .captioned import CaptionRenders, caption_pool_sets, write_captions_record
 from .config import TrainConfig, loader_workers, lr_at
 from .protocol import Protocol, protocol_for
 from .replay import ImageStream
 from .rundir import finish_task, prepare_run_dir
 from .step import LossLog, run_step
+from .synthetic import find_pool_sets
 
 log = logging.getLogger("gift.train")
+# The loops of methods that do not fine-tune CLIP (``Method.loop``), each reusing the run directory, resume, report,
+# tracking and table machinery: CLTS trains task heads and a router on frozen features.
+LOOPS = {"task-heads": run_clts}
 
 
 class Progress:
@@ -55,6 +61,10 @@ class Progress:
         """One step done; ``losses`` at the logged steps (every 10 and the last), None between them."""
     def end_task(self) -> None: ...
     def evaluated(self, index: int, task: str, row: list[float]) -> None: ...
+    def phase(self, label: str, total: int) -> None:
+        """Work outside the steps begins (CLTS's feature passes): ``total`` items, counted by ``advance``."""
+    def advance(self, n: int) -> None: ...
+    def end_phase(self) -> None: ...
 
 
 class Tracker:
@@ -99,6 +109,8 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
         torch.cuda.set_device(device)
     method_cls = get_method(config.method)
     method_cls.check(config)
+    if method_cls.loop != "finetune":
+        return LOOPS[method_cls.loop](config, progress, device, tracker)
     protocol = protocol_for(config)
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"unknown precision {config.precision!r}; choose fp32 or bf16")
@@ -116,11 +128,12 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
     tests = protocol.test_sets(size)
     tokenize = clip_tokenizer()
     schedule = sets = None
+    renders: dict[str, CaptionRenders] = {}
     own_group = dist.init(device)
     try:
         dist.check_shared(Path(config.runs), "--runs", "rank 0 writes the run directory, every rank reads it")
         if method_cls.uses_synthetic:
-            from .synthetic import class_images, draw_schedule, find_pool_sets, verify_pool
+            from .synthetic import class_images, draw_schedule, verify_pool
 
             pool = protocol.pool_sets
             # Rank 0 fetches (from a store) and verifies once; the others then read the same sets. A rank that
@@ -128,7 +141,7 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
             failure = None
             if dist.main:
                 try:
-                    sets = find_pool_sets(_shards_root(config, pool), pool, config.shard_family, config.replay_generator)
+                    sets, renders = _pool_sets(config, pool)
                     verify_pool(sets)
                 except ShardSetError as e:
                     if dist.world == 1:
@@ -137,23 +150,38 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
             dist.agree(failure)
             if not dist.main:
                 try:
-                    sets = find_pool_sets(_shards_root(config, pool), pool, config.shard_family, config.replay_generator)
+                    sets, renders = _pool_sets(config, pool)
                 except ShardSetError as e:
                     failure = str(e)
             dist.agree(failure, "--shards must be on a filesystem all nodes share, or a store URL")
             schedule = draw_schedule(protocol.pools(), class_images(sets), config.synthetic_budget, config.seed)
         return _run(config, dist, progress, device, method_cls, protocol, datasets, tests, model, size,
-                    tokenize, sets, schedule, amp, tracker)
+                    tokenize, sets, schedule, amp, tracker, renders)
     finally:
         if own_group:
             torch.distributed.destroy_process_group()
 
 
+def _pool_sets(config: TrainConfig, pool: list[str]) -> tuple[dict[str, Path], dict[str, CaptionRenders]]:
+    """The pool's sets by task, and (``--replay-captions``) the caption renders the earlier tasks' sets are."""
+    if not config.replay_captions:
+        root = _shards_root(config, pool)
+        return find_pool_sets(root, pool, config.shard_family, config.replay_generator), {}
+    from shards.store import is_url
+
+    if is_url(config.shards):
+        raise ShardSetError(f"--replay-captions reads a local --shards root, not {config.shards}: pull the sets first "
+                            "(gift shards pull STORE/TASK/HASH DEST), the caption sets included")
+    return caption_pool_sets(config.shards, config.captions, pool, config.shard_family, config.replay_generator)
+
+
 def _run(config, dist, progress, device, method_cls, protocol: Protocol, datasets, tests, model, size, tokenize,
-         sets, schedule, amp, tracker) -> Path:
+         sets, schedule, amp, tracker, renders: dict[str, CaptionRenders]) -> Path:
     order = protocol.steps
     if dist.main:
         run_dir, state = prepare_run_dir(config)
+        if renders:  # which caption sets the replay came from, and the memory they are (report, gift table)
+            write_captions_record(run_dir, renders)
     dist.barrier()
     if not dist.main:
         run_dir, state = prepare_run_dir(config)
