@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipeline.clts.heads import ROUTINGS
 from pipeline.datasets import catalog
 from pipeline.training.captioned import caption_memory
 
 from .base import Kept, Method
-
-ROUTINGS = ("hard", "soft")
 
 
 class Clts(Method):
