@@ -5,7 +5,8 @@ import torch
 
 from pipeline.bench.common import markers
 from pipeline.bench.run import main
-from pipeline.bench.train import GPU_CONFIGS, GiftStep, bench_gpu, gpu_lines
+from pipeline.bench.step import GiftStep
+from pipeline.bench.train import GPU_CONFIGS, bench_gpu, gpu_lines
 from pipeline.models import ClipSpec, load_clip
 
 CPU = torch.device("cpu")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from pipeline.bench.train import OnTheFlyGift
+from pipeline.bench.step import OnTheFlyGift
 from pipeline.dist import Dist
 from pipeline.methods import TaskContext, frozen
 from pipeline.methods.base import student_features

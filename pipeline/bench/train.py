@@ -1,10 +1,10 @@
 """`make bench`, training rows: the GIFT step on the real ViT-B/16 architecture with random weights.
 
-CPU (always): the step at a reduced batch with AWC on and off, the AWC hooks timed inside the step, the
-released code's AWC (a Python loop over parameters for F, the penalty back-propagated through autograd) as
-the unoptimised path, matmul FLOPs counted with ``FlopCounterMode`` (AWC must add none), and fp32 vs bf16
-autocast on this CPU. Limits: FLOPs of the full 64 + 64 step per task (counted on the meta device) against a
-datasheet bf16 peak, and what one MTIL order costs at that peak.
+CPU (always): the step (``step.GiftStep``) at a reduced batch with AWC on and off, the AWC hooks timed inside the
+step, the released code's AWC (a Python loop over parameters for F, the penalty back-propagated through autograd) as
+the unoptimised path, the step before issue 11, fp32 vs bf16 autocast on this CPU, and one ZSCL step against 16k
+cached caption features. Counted FLOPs and the limits they put on a step and on one MTIL order come from
+``flops.py``.
 
 GPU (only with CUDA): steps/s at 64 + 64 for fp32, fused AdamW, TF32, bf16 autocast, `--compile`, AWC on
 and off, each as a share of the limit; evaluation images/s. Without a GPU those rows say so.
@@ -13,288 +13,26 @@ and off, each as a share of the limit; evaluation images/s. Without a GPU those 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.datasets import catalog
 from pipeline.methods import SynthBatch, TaskContext
 from pipeline.methods.base import student_features
-from pipeline.methods.frozen import prompt_index
-from pipeline.methods.gift import Gift
-from pipeline.models import ClipFeatures, ClipSpec, encode_images, encode_texts, image_size, load_clip, normalize_uint8
+from pipeline.models import ClipFeatures, ClipSpec, encode_images, image_size, load_clip, normalize_uint8
 from pipeline.models import tokenizer as clip_tokenizer
 from pipeline.training.config import TrainConfig
-from pipeline.training.losses import UNREACHED_FISHER, contrastive_distillation
+from pipeline.training.losses import contrastive_distillation
 from pipeline.training.step import run_step
-from pipeline.training.synthetic import SyntheticBatchSource
 
 from .common import NOT_ON_GPU, seconds, times
-from .generate import PEAK_BF16_TFLOPS, SD15_TFLOP_PER_IMAGE, peak_tflops
+from .flops import H100_PEAK, cache_flops, count_flops, eval_flops, flop_table, head_flops, order_limits, step_flops
+from .generate import peak_tflops
+from .step import GiftStep, hook_times
 
-H100_PEAK = PEAK_BF16_TFLOPS["H100"]  # the reference GPU of the goals (dense bf16, TFLOP/s)
 GPU_STEP_GOAL = 15.0  # steps/s per H100-class GPU (issue 6)
-
-
-class ReleasedAwc(Gift):
-    """AWC as the released code computes it (the unoptimised path): a Python loop over the parameters builds
-    F = g²/mean(g²) one tensor at a time (F = 1e-6 where the distillation backward left no gradient), and the
-    penalty λ·Σ F·(θ−θ₀)² is an autograd graph whose backward adds its gradient (the released code
-    back-propagates it together with CE). Same gradient as ``Gift``."""
-
-    def after_replay_backward(self, ctx: TaskContext) -> None:
-        self.fisher = []
-        for p in ctx.params:
-            if p.grad is None:
-                self.fisher.append(torch.full_like(p, UNREACHED_FISHER))
-                continue
-            f = p.grad.detach().clone() ** 2
-            if self.config.fisher_norm:
-                f /= f.mean()
-            self.fisher.append(f)
-
-    def adjust_gradients(self, ctx: TaskContext) -> dict[str, torch.Tensor]:
-        penalty = self.config.lam * sum((f * (p - a) ** 2).sum() for f, p, a in zip(self.fisher, ctx.params, ctx.anchors, strict=True))
-        penalty.backward()
-        self.fisher = []
-        return {"awc": penalty.detach()}
-
-
-class OnTheFlyGift(Gift):
-    """GIFT's step before the teacher-feature cache (issue 11): the teacher is kept and encodes every step's
-    synthetic images and prompts (64 image and 64 text forwards a step, 64,000 of each a task). With token ids at
-    open_clip's full 77 columns this is the step as it was; the benchmark's "before" and the cache's equality test
-    compare against it."""
-
-    def begin_task(self, ctx: TaskContext) -> None:
-        self.teacher = self.make_teacher(ctx)
-        self.prompt_ids = prompt_index(ctx.synthetic.prompts)[0].to(ctx.device)
-        self.fisher_grads = None
-
-    @torch.no_grad()
-    def teacher_features(self, ctx: TaskContext, synth: SynthBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        return ctx.gather(encode_images(self.teacher, synth.images)), ctx.gather(encode_texts(self.teacher, synth.tokens))
-
-    def end_task(self, ctx: TaskContext) -> None:
-        del self.teacher, self.prompt_ids
-
-
-def pool_width() -> int:
-    """Token columns of the widest first-template prompt of any task (ImageNet's included): a synthetic draw,
-    trimmed after its longest prompt, is at most this wide (28, a Stanford Cars name)."""
-    tokenize = clip_tokenizer()
-    return max(tokenize([catalog.get_task(t).prompt(c) for c in range(catalog.get_task(t).num_classes)]).shape[1]
-               for t in catalog.task_names())
-
-
-class GiftStep:
-    """One step of ``train._train_task`` on fixed in-memory batches (data loading is benchmarked apart).
-
-    The very step train.py runs (``train.run_step``): replay terms (the teacher's cached features + student
-    CD/ITA) → backward → ``after_replay_backward`` → CE on the real batch (class texts re-encoded) → backward →
-    ``adjust_gradients`` → AdamW step. The synthetic draw is the batch itself, so ``begin_task`` (the teacher's
-    cache) runs once per ``resize``. ``method`` can be swapped between calls (AWC on/off, the released AWC) and
-    ``amp`` set to ``torch.bfloat16``; both keep the same cache, anchors and optimizer. ``fast=False`` is the
-    step before issue 11: ``OnTheFlyGift`` and token ids at 77 columns. ``synth_width`` pads the synthetic ids to
-    a draw's width (a batch is as wide as its draw's longest prompt). Calling returns seconds per phase (each
-    phase synchronised when ``sync_phases``).
-    """
-
-    def __init__(self, model: torch.nn.Module, *, device: torch.device, real_batch: int, synth_batch: int,
-                 task: str, awc: bool = True, fused: bool | None = None, update: bool = True, seed: int = 0,
-                 fast: bool = True, synth_width: int | None = None):
-        self.model, self.device, self.task, self.update = model, torch.device(device), task, update
-        self.fast, self.synth_width = fast, synth_width
-        self.config = TrainConfig(awc=awc, seed=seed)
-        params = [p for p in model.parameters() if p.requires_grad]
-        # initial_state is only read for the `initial` / `wise:x` teachers; the default teacher is θ(t−1).
-        self.ctx = TaskContext(0, task, model, {}, self.config, self.device, params, [p.detach().clone() for p in params])
-        self.method: Gift = (Gift if fast else OnTheFlyGift)(self.config)
-        self.amp: torch.dtype | None = None
-        self.sync_phases = self.device.type != "cuda"
-        self.optimizer = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.999), weight_decay=0.0,
-                                           fused=self.device.type == "cuda" if fused is None else fused)
-        self.resize(real_batch, synth_batch, seed)
-
-    def tokens(self, prompts: list[str], width: int | None = None) -> torch.Tensor:
-        """Host token ids: trimmed (and padded to ``width``) on the fast path, 77 columns otherwise."""
-        if not self.fast:
-            return clip_tokenizer(trim=False)(prompts)
-        ids = clip_tokenizer()(prompts)
-        return torch.nn.functional.pad(ids, (0, max(0, (width or 0) - ids.shape[1])))
-
-    def resize(self, real_batch: int, synth_batch: int, seed: int = 0) -> None:
-        """New inputs (uint8 synthetic images with distinct ImageNet prompts, normalised real images, labels),
-        and ``begin_task`` on them as the task's draw."""
-        g = torch.Generator().manual_seed(seed)
-        size = image_size(self.model)
-        spec, base = catalog.get_task(self.task), catalog.get_task(catalog.IMAGENET)
-        self.batch = (real_batch, synth_batch)
-        prompts = [base.prompt(i) for i in range(synth_batch)]
-        synth_u8 = torch.randint(0, 256, (synth_batch, 3, size, size), dtype=torch.uint8, generator=g)
-        tokens = self.tokens(prompts, self.synth_width)
-        self.ctx.synthetic = SyntheticBatchSource(synth_u8, tokens, prompts)  # on the host, as train.py keeps it
-        self.synth_u8, self.synth_tokens = synth_u8.to(self.device), tokens.to(self.device)
-        self.prompts, self.index = prompts, torch.arange(synth_batch, device=self.device)
-        self.real = torch.randn(real_batch, 3, size, size, generator=g).to(self.device)
-        self.labels = torch.randint(0, spec.num_classes, (real_batch,), generator=g).to(self.device)
-        self.class_tokens = self.tokens([spec.prompt(c) for c in range(spec.num_classes)]).to(self.device)
-        self.method.begin_task(self.ctx)
-
-    def set_awc(self, on: bool) -> None:
-        self.method.config = dataclasses.replace(self.method.config, awc=on)
-
-    def released(self) -> ReleasedAwc:
-        """The released code's AWC, sharing this step's teacher features (no second teacher)."""
-        method = ReleasedAwc(dataclasses.replace(self.config, awc=True))
-        method.teacher_features = self.method.teacher_features
-        method.prompt_ids = self.method.prompt_ids
-        return method
-
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext()
-
-    def __call__(self, method: Gift | None = None) -> dict[str, float]:
-        method = method or self.method
-        ctx, phases = self.ctx, {}
-        clock = [time.perf_counter()]
-
-        def mark(name: str) -> None:  # the step's end always waits for the GPU
-            if self.device.type == "cuda" and (self.sync_phases or name == "optimizer"):
-                torch.cuda.synchronize()
-            now = time.perf_counter()
-            phases[name] = phases.get(name, 0.0) + now - clock[0]
-            clock[0] = now
-
-        batch = SynthBatch(normalize_uint8(self.synth_u8), self.synth_tokens, self.prompts, index=self.index)
-        real = SynthBatch(self.real, None, [], self.labels)
-        run_step(ctx, method, batch, real, self.class_tokens, self.optimizer, self._autocast(), mark=mark,
-                 update=self.update)
-        phases["step"] = sum(phases.values())
-        return phases
-
-
-def count_flops(step, *args) -> int:
-    """FLOPs of ``step(*args)`` as FlopCounterMode counts them (matmuls, convolutions, attention: elementwise
-    ops, AWC's included, count zero)."""
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step(*args)
-    return counter.get_total_flops()
-
-
-def meta_clip(arch: str) -> torch.nn.Module:
-    """The architecture on the meta device (shapes only): what the FLOP counts run on."""
-    return load_clip(ClipSpec(arch, "none"), "meta")
-
-
-def step_flops(task: str, real_batch: int = 64, synth_batch: int = 64, arch: str = "ViT-B-16",
-               fast: bool = True, model: torch.nn.Module | None = None) -> int:
-    """FLOPs of the full step on the meta device (shapes only, nothing computed), AWC off: it adds none.
-    ``fast``: cached teacher features and trimmed ids (synthetic ids as wide as the widest pool prompt);
-    otherwise the step before issue 11. ``model``: a ``meta_clip`` to reuse."""
-    model = model if model is not None else meta_clip(arch)
-    step = GiftStep(model, device=torch.device("meta"), real_batch=real_batch, synth_batch=synth_batch, task=task,
-                    awc=False, fused=False, update=False, fast=fast, synth_width=pool_width() if fast else None)
-    return count_flops(step)
-
-
-def cache_flops(arch: str = "ViT-B-16", draw: int = 1000) -> int:
-    """FLOPs of building one task's teacher cache (``Gift.begin_task``) on the meta device: ``draw`` images and,
-    at worst, as many distinct prompts (ImageNet's 1,000 names), trimmed per batch of 256."""
-    model = load_clip(ClipSpec(arch, "none"), "meta")
-    base = catalog.get_task(catalog.IMAGENET)
-    prompts = [base.prompt(i % base.num_classes) for i in range(draw)]
-    size = image_size(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    ctx = TaskContext(0, "imagenet", model, {}, TrainConfig(), torch.device("meta"), params, [],
-                      synthetic=SyntheticBatchSource(torch.zeros(draw, 3, size, size, dtype=torch.uint8, device="meta"),
-                                                     clip_tokenizer()(prompts), prompts))
-    return count_flops(Gift(TrainConfig()).begin_task, ctx)
-
-
-def eval_flops(arch: str = "ViT-B-16") -> tuple[int, int]:
-    """(FLOPs of one image forward, FLOPs of one prompt forward at 77 columns) on the meta device."""
-    model = load_clip(ClipSpec(arch, "none"), "meta").eval()
-    size = image_size(model)
-    out = []
-    for fn, x in ((encode_images, torch.zeros(1, 3, size, size, device="meta")),
-                  (encode_texts, torch.zeros(1, 77, dtype=torch.long, device="meta"))):
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            fn(model, x)
-        out.append(counter.get_total_flops())
-    return out[0], out[1]
-
-
-def head_flops(tasks: list[str], arch: str = "ViT-B-16") -> tuple[int, int]:
-    """Text FLOPs of the zero-shot heads of ``tasks`` (every template of every class), (before, after): at 77
-    columns, and as ``zeroshot_head`` runs them, 512 prompts a batch, each batch trimmed (meta device)."""
-    model = load_clip(ClipSpec(arch, "none"), "meta").eval()
-    before = after = 0
-    for t in tasks:
-        task = catalog.get_task(t)
-        prompts = [tpl.format(c) for c in task.classnames for tpl in task.templates]
-        for i in range(0, len(prompts), 512):
-            chunk = prompts[i : i + 512]
-            for full, cols in ((True, clip_tokenizer(trim=False)(chunk)), (False, clip_tokenizer()(chunk))):
-                counter = FlopCounterMode(display=False)
-                with counter, torch.no_grad():
-                    encode_texts(model, cols.to("meta"))
-                if full:
-                    before += counter.get_total_flops()
-                else:
-                    after += counter.get_total_flops()
-    return before, after
-
-
-def order_limits(order: str = "I", arch: str = "ViT-B-16", peak: float = H100_PEAK) -> dict:
-    """Seconds one MTIL order needs at 100% of ``peak`` (TFLOP/s): rendering its pool, 1,000 steps per task
-    (+ the teacher's cache per task), and 11 evaluations of every test split, each as FLOPs counted after issue 11
-    and before it (teacher forward every step, texts at 77 columns). A floor computed from counted FLOPs, not a
-    measurement."""
-    from pipeline.datasets import mtil
-
-    tasks = catalog.get_order(order)
-    pool = [catalog.IMAGENET, *tasks[:-1]]
-    images = sum(catalog.default_per_class(t) * catalog.get_task(t).num_classes for t in pool)
-    model = meta_clip(arch)
-    steps = {t: {"before": step_flops(t, arch=arch, fast=False, model=model), "after": step_flops(t, model=model)}
-             for t in tasks}
-    cache = cache_flops(arch)
-    image_f, _ = eval_flops(arch)
-    heads_before, heads_after = head_flops(tasks, arch)
-    test_images = sum(mtil._source(t).official[1] for t in tasks)  # official test split sizes
-    generate = images * SD15_TFLOP_PER_IMAGE * 1e12
-    flops = {}
-    for when in ("before", "after"):
-        train = sum(1000 * f[when] for f in steps.values()) + (len(tasks) * cache if when == "after" else 0)
-        heads = heads_after if when == "after" else heads_before
-        flops[when] = {"generate": generate, "train": train,
-                       "evaluate": len(tasks) * (test_images * image_f + heads)}
-    return {"images": images, "test_images": test_images, "step_flops": steps, "cache_flops": cache,
-            "heads": {"before": heads_before, "after": heads_after}, "image_flops": image_f,
-            "flops": flops, "seconds": {k: v / (peak * 1e12) for k, v in flops["after"].items()},
-            "seconds_before": {k: v / (peak * 1e12) for k, v in flops["before"].items()}}
-
-
-def hook_times(step: GiftStep, method: Gift, repeats: int) -> tuple[list[float], int]:
-    """AWC alone, on the gradients the last step left: ``after_replay_backward`` + ``adjust_gradients``,
-    ``repeats`` times (seconds each), and the FLOPs FlopCounterMode counts in one more call."""
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        method.after_replay_backward(step.ctx)
-        method.adjust_gradients(step.ctx)
-        out.append(time.perf_counter() - t0)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        method.after_replay_backward(step.ctx)
-        method.adjust_gradients(step.ctx)
-    return out, counter.get_total_flops()
 
 
 def bench_cpu(arch: str = "ViT-B-16", real_batch: int = 8, synth_batch: int = 8, task: str = "eurosat",
@@ -489,30 +227,6 @@ def gpu_lines(gpu: dict | None, limit_flops: int, image_flops: int) -> tuple[lis
     return lines, facts
 
 
-def flop_table(limits: dict, tasks: tuple[str, ...], batch: str) -> tuple[list[str], dict]:
-    """Issue 11's rows: FLOPs before/after of one GIFT step per task, the cache's share, one evaluation row."""
-    steps, heads, image_f = limits["step_flops"], limits["heads"], limits["image_flops"]
-    test_images = limits["test_images"]
-    row_before = test_images * image_f + heads["before"]
-    row_after = test_images * image_f + heads["after"]
-    ratio = lambda b, a: f"**{b / a:.2f}x**" if a else "–"  # noqa: E731
-    lines = [
-        "| per | before (TFLOP) | after (TFLOP) | fewer FLOPs |",
-        "|---|---:|---:|---:|",
-        *[f"| GIFT step, {batch}, CE prompts of {t} ({catalog.get_task(t).num_classes} classes) | "
-          f"{steps[t]['before'] / 1e12:.2f} | {steps[t]['after'] / 1e12:.2f} | {ratio(steps[t]['before'], steps[t]['after'])} |"
-          for t in tasks],
-        f"| …the teacher's cache, built once per task (1,000 images + at most 1,000 prompts), per step of 1,000 | "
-        f"– | {limits['cache_flops'] / 1000 / 1e12:.3f} | |",
-        f"| one evaluation row of the order: zero-shot heads (every template of every class), text only | "
-        f"{heads['before'] / 1e12:.2f} | {heads['after'] / 1e12:.2f} | {ratio(heads['before'], heads['after'])} |",
-        f"| one evaluation row: heads + {test_images:,} test images | {row_before / 1e12:.2f} | {row_after / 1e12:.2f} | "
-        f"{ratio(row_before, row_after)} |",
-    ]
-    first = tasks[0]
-    facts = {"step_ratio": steps[first]["before"] / steps[first]["after"], "step_ratio_task": first,
-             "head_ratio": heads["before"] / heads["after"] if heads["after"] else 0.0}
-    return lines, facts
 
 
 def run(quick: bool = False) -> tuple[str, dict]:
@@ -653,3 +367,4 @@ def run(quick: bool = False) -> tuple[str, dict]:
         facts["order_limit_h"] = total_h
         facts["order_limit_before_h"] = before_h
     return "\n".join(md), facts
+
