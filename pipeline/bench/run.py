@@ -4,7 +4,7 @@
 
 Sections, each between ``<!-- bench-NAME:start -->`` and ``<!-- bench-NAME:end -->`` and replaced in place
 (text around them survives): ``summary`` (machine, library versions, wall time, every goal with its row),
-``generate`` (bench_generate), ``train`` (bench_train), ``data`` (bench_data: synthetic cache, real-data
+``generate`` (generate.py), ``train`` (train.py, with step.py and flops.py), ``data`` (data.py: synthetic cache, real-data
 loader, evaluation cache). Each section is written as soon as it is measured.
 
 Every figure is measured in this run on this machine. *Limits* are computed (FLOPs counted with

@@ -33,7 +33,7 @@ from pipeline.evaluation.cil import StepResult, step_counts, step_result
 from pipeline.models import ClipSpec, image_size, load_clip
 from pipeline.training.captioned import CaptionRenders, find_caption_set, find_renders, write_captions_record
 from pipeline.training.config import TrainConfig, loader_workers
-from pipeline.training.rundir import finish_task, prepare_run_dir
+from pipeline.training.rundir import finish_task, prepare_run_dir, run_log
 
 from . import features as feats
 from .heads import CltsModel, balanced, cycled, fit, predict, predict_oracle
@@ -144,10 +144,7 @@ def run_clts(config: TrainConfig, progress, device: torch.device, tracker) -> Pa
     size = image_size(clip)
     (test,) = protocol.test_sets(size)
     run_dir, state = prepare_run_dir(config)
-    file_log = logging.FileHandler(run_dir / "train.log")
-    file_log.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logging.getLogger("gift").addHandler(file_log)
-    try:
+    with run_log(run_dir):
         write_captions_record(run_dir, {setting.caption_task: renders})
         data = _features(config, clip, size, train_split, test, renders, setting, device, progress)
         del clip
@@ -180,9 +177,6 @@ def run_clts(config: TrainConfig, progress, device: torch.device, tracker) -> Pa
                 tracker.evaluated(k, protocol, state)
         finally:
             tracker.close()
-    finally:
-        logging.getLogger("gift").removeHandler(file_log)
-        file_log.close()
     return run_dir
 
 

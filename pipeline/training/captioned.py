@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from shards.captions import CaptionSet, load_caption_set
+from shards.captions import CaptionSet, caption_bytes, load_caption_set
 from shards.errors import ShardSetError
 from shards.layout import atomic_write_bytes
 from shards.manifest import CAPTIONS, IMAGES, find_sets, load_manifest, set_kind
@@ -39,7 +39,7 @@ class CaptionRenders:
         """UTF-8 caption bytes per class index (the set's classes: original labels of a CIL dataset)."""
         out: dict[int, int] = {}
         for r in self.captions.records:
-            out[r.class_index] = out.get(r.class_index, 0) + len(r.caption.encode("utf-8"))
+            out[r.class_index] = out.get(r.class_index, 0) + caption_bytes([r.caption])
         return out
 
     def count_by_class(self) -> dict[int, int]:

@@ -8,9 +8,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -18,6 +21,23 @@ from pipeline.evaluation.cil import StepResult
 from shards.layout import atomic_write_bytes
 
 from .config import FREE_ON_RESUME, TrainConfig
+
+
+@contextmanager
+def run_log(run_dir: Path | None) -> Iterator[None]:
+    """While inside, the ``gift`` loggers also write to ``run_dir/train.log`` (appended on resume); None: nothing
+    (the ranks other than 0)."""
+    if run_dir is None:
+        yield
+        return
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("gift").addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger("gift").removeHandler(handler)
+        handler.close()
 
 
 class RunDirError(ValueError):

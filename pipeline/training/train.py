@@ -43,7 +43,7 @@ from .captioned import CaptionRenders, caption_pool_sets, write_captions_record
 from .config import TrainConfig, loader_workers, lr_at
 from .protocol import Protocol, protocol_for
 from .replay import ImageStream
-from .rundir import finish_task, prepare_run_dir
+from .rundir import finish_task, prepare_run_dir, run_log
 from .step import LossLog, run_step
 from .synthetic import find_pool_sets
 
@@ -185,64 +185,57 @@ def _run(config, dist, progress, device, method_cls, protocol: Protocol, dataset
     dist.barrier()
     if not dist.main:
         run_dir, state = prepare_run_dir(config)
-    file_log = None
-    if dist.main:
-        file_log = logging.FileHandler(run_dir / "train.log")
-        file_log.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        logging.getLogger("gift").addHandler(file_log)
-    try:
-        offsets = np.cumsum([0] + [config.steps_for(len(datasets[t])) for t in order]).tolist()
-        tracker.open(run_dir, config, protocol, state, offsets)
-        initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        if state["checkpoint"]:
-            from safetensors.torch import load_file
+    with run_log(run_dir if dist.main else None):
+        try:
+            offsets = np.cumsum([0] + [config.steps_for(len(datasets[t])) for t in order]).tolist()
+            tracker.open(run_dir, config, protocol, state, offsets)
+            initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if state["checkpoint"]:
+                from safetensors.torch import load_file
 
-            model.load_state_dict(load_file(run_dir / state["checkpoint"]))
-            log.info("resuming %s after task %d of %d", run_dir, state["finished"], len(order))
-        if dist.world > 1:  # rank 0 fills the shared cache files; the others then map them
-            if dist.main:
-                for test in tests:
-                    if test.cache is not None:
-                        test.build()
-            dist.barrier()
-        # The student's training forward (trimmed text ids); DDP and torch.compile wrap it, not the bare CLIP.
-        student = ClipFeatures(model)
-        if dist.world > 1 and method_cls.trains:
-            # find_unused_parameters: ablations may leave a tower out of the replay loss (image-only, ...).
-            student = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None,
-                                              find_unused_parameters=True)
-        if config.compile and method_cls.trains:  # compiled once for every task; text ids of a new width
-            # (trimmed per task) recompile once, then dynamo treats the width as dynamic
-            student = torch.compile(student)
-        method = method_cls(config)
-        evaluate = protocol.evaluator(tests, tokenize, device, amp, dist, frozen=not method.trains)
-        for index, task in enumerate(order):
-            if index < state["finished"]:
-                continue
-            generator = _seed(config, index)
-            if method.trains:
-                synth = None
-                if schedule is not None:
-                    from .synthetic import load_draw
+                model.load_state_dict(load_file(run_dir / state["checkpoint"]))
+                log.info("resuming %s after task %d of %d", run_dir, state["finished"], len(order))
+            if dist.world > 1:  # rank 0 fills the shared cache files; the others then map them
+                if dist.main:
+                    for test in tests:
+                        if test.cache is not None:
+                            test.build()
+                dist.barrier()
+            # The student's training forward (trimmed text ids); DDP and torch.compile wrap it, not the bare CLIP.
+            student = ClipFeatures(model)
+            if dist.world > 1 and method_cls.trains:
+                # find_unused_parameters: ablations may leave a tower out of the replay loss (image-only, ...).
+                student = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  find_unused_parameters=True)
+            if config.compile and method_cls.trains:  # compiled once for every task; text ids of a new width
+                # (trimmed per task) recompile once, then dynamo treats the width as dynamic
+                student = torch.compile(student)
+            method = method_cls(config)
+            evaluate = protocol.evaluator(tests, tokenize, device, amp, dist, frozen=not method.trains)
+            for index, task in enumerate(order):
+                if index < state["finished"]:
+                    continue
+                generator = _seed(config, index)
+                if method.trains:
+                    synth = None
+                    if schedule is not None:
+                        from .synthetic import load_draw
 
-                    synth = load_draw(sets, schedule[index], eval_resize(size), tokenize)
-                _train_task(config, protocol, index, task, model, student, dist, initial_state, method, datasets,
-                            synth, size, tokenize, generator, device, amp, run_dir, progress, tracker, offsets[index])
-            result = evaluate(model, index)
-            progress.evaluated(index, task, result.row)
-            log.info("after %s: %s%s", task, "  ".join(f"{t} {a:.1f}" for t, a in zip(order, result.row, strict=True)
-                                                     if a == a), "".join(f"  | {k} {v:.1f}" for k, v in result.extra.items()))
-            if dist.main:
-                finish_task(run_dir, state, model, index, result, protocol)
-                tracker.evaluated(index, protocol, state)
-            else:
-                state.update(finished=index + 1)
-            dist.barrier()
-    finally:
-        tracker.close()
-        if file_log is not None:
-            logging.getLogger("gift").removeHandler(file_log)
-            file_log.close()
+                        synth = load_draw(sets, schedule[index], eval_resize(size), tokenize)
+                    _train_task(config, protocol, index, task, model, student, dist, initial_state, method, datasets,
+                                synth, size, tokenize, generator, device, amp, run_dir, progress, tracker, offsets[index])
+                result = evaluate(model, index)
+                progress.evaluated(index, task, result.row)
+                log.info("after %s: %s%s", task, "  ".join(f"{t} {a:.1f}" for t, a in zip(order, result.row, strict=True)
+                                                         if a == a), "".join(f"  | {k} {v:.1f}" for k, v in result.extra.items()))
+                if dist.main:
+                    finish_task(run_dir, state, model, index, result, protocol)
+                    tracker.evaluated(index, protocol, state)
+                else:
+                    state.update(finished=index + 1)
+                dist.barrier()
+        finally:
+            tracker.close()
     return run_dir
 
 
