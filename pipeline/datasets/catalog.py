@@ -64,7 +64,7 @@ class Task:
 
     @property
     def prompt_template(self) -> str:
-        """The training / generation template: the dataset's *first* template (REFERENCE.md)."""
+        """The training / generation template: the dataset's *first* template (docs/protocol.md)."""
         return self.templates[0]
 
     def prompt(self, class_index: int) -> str:
