@@ -22,7 +22,7 @@ from importlib import resources
 IMAGENET = "imagenet"
 IMAGENET_TEMPLATE = "a photo of a {}."
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# The `mini` benchmark: small tasks of real images that ship inside scikit-learn (pipeline/mini.py), for
+# The `mini` benchmark: small tasks of real images that ship inside scikit-learn (pipeline/datasets/mini.py), for
 # the demo and the integration tests. `mini-base` stands in for ImageNet as the base replay pool.
 MINI_TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "mini-base": (DIGIT_WORDS + ("temple", "flower"), (IMAGENET_TEMPLATE,)),
