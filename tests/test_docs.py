@@ -1,7 +1,7 @@
 """The documentation holds: every relative link and #anchor resolves, every project path the docs and the code's
 comments cite exists, nothing cites the internal notes outside the repository, and every command of the README's
 recipes parses (``gift …`` with the CLI's own click declarations, ``make …`` through ``make -n`` and then the
-``gift`` command it expands to). Nothing is run; the whole file takes a few seconds."""
+``gift`` command it expands to, which must use every VAR=value the line sets). Nothing is run; a few seconds."""
 
 from __future__ import annotations
 
@@ -178,6 +178,11 @@ def parse_gift(args: list[str]) -> None:
         assert not train_ctx.args, f"`gift table` does not take {train_ctx.args}"
 
 
+def contains(args: list[str], wanted: list[str]) -> bool:
+    """Whether ``wanted`` occurs in ``args`` as consecutive words."""
+    return any(args[i:i + len(wanted)] == wanted for i in range(len(args) - len(wanted) + 1))
+
+
 def check_command(line: str) -> None:
     words = shlex.split(line)
     try:
@@ -188,10 +193,13 @@ def check_command(line: str) -> None:
         done = subprocess.run(["make", "-n", "--no-print-directory", *words[1:]], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, f"`{line}`: make -n failed: {done.stderr.strip()}"
-        for expanded in done.stdout.splitlines():
-            parts = shlex.split(expanded)
-            if parts and parts[0].endswith("/gift"):
-                parse_gift(parts[1:])
+        expanded = [parts[1:] for parts in map(shlex.split, done.stdout.splitlines()) if parts and parts[0].endswith("/gift")]
+        for args in expanded:
+            parse_gift(args)
+        for var, _, value in (w.partition("=") for w in words[1:] if "=" in w):
+            # a variable the target ignores is a recipe that does not do what it says
+            wanted = shlex.split(value)
+            assert any(contains(args, wanted) for args in expanded), f"`{line}`: `make {words[1]}` ignores {var}={value}"
     except (Exception, SystemExit) as e:  # click's usage errors: name the line and the message
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         raise AssertionError(f"`{line}` does not parse: {message}") from None
@@ -213,5 +221,7 @@ def test_the_recipes_are_found_and_a_bad_command_fails():
         check_command("gift table --order I --data-root data --bogus-flag")  # checked by `gift train`'s options
     with pytest.raises(AssertionError, match="does not take"):
         check_command("gift table --order I --methods gift some-path")
+    with pytest.raises(AssertionError, match="ignores ORDER=I"):
+        check_command("make tasks ORDER=I")
     with pytest.raises(AssertionError, match="no-such-target|No rule"):
         check_command("make no-such-target")
