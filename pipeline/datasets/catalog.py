@@ -1,7 +1,7 @@
 """The benchmarks' facts: tasks, class names, prompt templates, MTIL task orders and CIL settings.
 
 Everything here is read from JSON shipped inside the package (``pipeline/data``), copied from the
-reference code's lists (see that folder's provenance in the README). Nothing is downloaded.
+reference code's lists (their provenance: pipeline/data/README.md). Nothing is downloaded.
 
 Two kinds of order share one vocabulary: an MTIL order is a list of datasets (each a :class:`Task`); a
 class-incremental (CIL) setting (:class:`CilSetting`) cuts one dataset's classes into steps, and each step is
