@@ -41,7 +41,7 @@ def test_default_per_class_covers_both_orders():
     assert catalog.default_per_class("eurosat") == 4
     assert catalog.default_per_class("sun397") == 3  # 2.50 in Order II
     total = sum(catalog.default_per_class(t) * catalog.get_task(t).num_classes for t in catalog.task_names())
-    assert total == 15157  # the total stated in the README
+    assert total == 15157  # the total stated in docs/generation.md
 
 
 def test_package_data_is_what_its_provenance_note_describes():

@@ -203,7 +203,7 @@ def test_pool_draws_by_hand_and_default_images_per_class():
     # sized by the settings of at most 10 incremental steps: 71.9 (cifar100-10), 61.9, 48.4 (seq-tinyimg), 38.1
     per_class = {t: catalog.default_per_class(t) for t in ("cil-base", "cil-cifar100", "cil-tinyimagenet", "cil-cifar10")}
     assert per_class == {"cil-base": 72, "cil-cifar100": 62, "cil-tinyimagenet": 49, "cil-cifar10": 39}
-    assert sum(n * catalog.get_task(t).num_classes for t, n in per_class.items()) == 23590  # stated in the README
+    assert sum(n * catalog.get_task(t).num_classes for t, n in per_class.items()) == 23590  # stated in docs/cil.md
     assert catalog.get_task("cil-tinyimagenet").prompt(0) == "a photo of a Egyptian Mau."
     assert catalog.get_task("cil-cifar100").prompt(1) == "a photo of a aquarium fish."
 

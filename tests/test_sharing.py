@@ -64,7 +64,7 @@ def wait_for_port(port: int, proc: subprocess.Popen, what: str) -> None:
 
 
 class HttpServer:
-    """`python -m http.server` over a store directory: the README's read-only store."""
+    """`python -m http.server` over a store directory: docs/sharing.md's read-only store."""
 
     def __init__(self, root: Path):
         self.root, self.port = root, free_port()

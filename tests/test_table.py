@@ -25,7 +25,7 @@ FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 # l2's matrix on mini: transfer_b = 50, transfer_c = (40 + 44) / 2 = 42 -> Transfer 46.0;
 # rows sum to 170, 199, 225 -> Avg 594 / 9 = 66.0; Last 225 / 3 = 75.0.
 L3 = [[80.0, 50.0, 40.0], [70.0, 85.0, 44.0], [60.0, 75.0, 90.0]]
-# A3 (tests/test_metrics): Transfer 36.5, Avg 636 / 9 = 70.67, Last 263 / 3 = 87.67.
+# A3 (tests/test_metrics.py): Transfer 36.5, Avg 636 / 9 = 70.67, Last 263 / 3 = 87.67.
 
 
 def fake_run(runs: Path, method: str, acc, order: str = "mini", name: str | None = None, **overrides) -> Path:
@@ -81,7 +81,7 @@ def test_delta_against_l2_partial_mark_and_csv(tmp_path):
 
 def test_published_only_where_the_setting_matches_and_marked_beyond_one_point(tmp_path):
     runs = tmp_path / "runs"
-    big = formula_11()  # Transfer 69.5, Avg 79.64, Last 86.0 (tests/test_report)
+    big = formula_11()  # Transfer 69.5, Avg 79.64, Last 86.0 (tests/test_report.py)
     dirs = [
         fake_run(runs, "gift", big, order="I", **paper_setting()),  # published 69.3 / 77.3 / 86.0
         fake_run(runs, "gift", big, order="I", name="gift-short", **paper_setting(iterations=500)),  # not comparable

@@ -1,7 +1,7 @@
 """The benchmarks' facts: tasks, class names, prompt templates, MTIL task orders and CIL settings.
 
 Everything here is read from JSON shipped inside the package (``pipeline/data``), copied from the
-reference code's lists (see that folder's provenance in the README). Nothing is downloaded.
+reference code's lists (their provenance: pipeline/data/README.md). Nothing is downloaded.
 
 Two kinds of order share one vocabulary: an MTIL order is a list of datasets (each a :class:`Task`); a
 class-incremental (CIL) setting (:class:`CilSetting`) cuts one dataset's classes into steps, and each step is
@@ -22,7 +22,7 @@ from importlib import resources
 IMAGENET = "imagenet"
 IMAGENET_TEMPLATE = "a photo of a {}."
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# The `mini` benchmark: small tasks of real images that ship inside scikit-learn (pipeline/mini.py), for
+# The `mini` benchmark: small tasks of real images that ship inside scikit-learn (pipeline/datasets/mini.py), for
 # the demo and the integration tests. `mini-base` stands in for ImageNet as the base replay pool.
 MINI_TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "mini-base": (DIGIT_WORDS + ("temple", "flower"), (IMAGENET_TEMPLATE,)),
@@ -64,7 +64,7 @@ class Task:
 
     @property
     def prompt_template(self) -> str:
-        """The training / generation template: the dataset's *first* template (REFERENCE.md)."""
+        """The training / generation template: the dataset's *first* template (docs/protocol.md)."""
         return self.templates[0]
 
     def prompt(self, class_index: int) -> str:

@@ -33,7 +33,7 @@ from shards.layout import atomic_write_bytes  # noqa: E402
 from .metrics import Summary, summarize, validate  # noqa: E402
 
 # Published Transfer / Avg. / Last (percent) of ViT-B/16 on MTIL, by (method, order): the paper's Tab. 1 (Order I)
-# and Tab. 2 (Order II). The ablations' numbers are with their presets in pipeline/table.py.
+# and Tab. 2 (Order II). The ablations' numbers are with their presets in pipeline/tables/presets.py.
 PUBLISHED: dict[tuple[str, str], tuple[float, float, float]] = {
     ("gift", "I"): (69.3, 77.3, 86.0),
     ("gift", "II"): (65.9, 75.7, 85.3),

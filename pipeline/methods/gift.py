@@ -5,7 +5,7 @@ Ablation switches (TrainConfig): ``cd``/``ita``/``awc`` on or off, ``beta`` (ITA
 last | initial | wise:x, ``distill`` = contrastive | feature | image-only | text-only, ``ita_target`` =
 code (smoothing 0.2, shared positives for duplicate prompts) | paper (identity, no smoothing),
 ``fisher_norm`` (per-tensor normalisation of F, in the code only). The distillation ablations follow the
-released code (REFERENCE.md, "Losses"): ``image-only`` / ``text-only`` distil and align on the mixed matrix,
+released code (docs/protocol.md, "Losses"): ``image-only`` / ``text-only`` distil and align on the mixed matrix,
 ``feature`` is a mean squared error over all B·D elements, and AWC gives F = 1e-6 to a trained tensor the
 distillation backward does not reach.
 """

@@ -1,4 +1,4 @@
-"""LwF as the reference code runs it (REFERENCE.md, "Baselines"): the teacher is the previous model; the
+"""LwF as the reference code runs it (docs/protocol.md, "Baselines"): the teacher is the previous model; the
 replayed images are the current task's own training images (evaluation transform); the texts are its class
 prompts, encoded once by the teacher. Logits = 100·image features × teacher text features, for the student
 (its image features) and the teacher (its own); distillation on rows and columns, T = 2.

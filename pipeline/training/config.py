@@ -15,9 +15,9 @@ from dataclasses import dataclass, fields
 
 from pipeline.datasets import catalog
 
-LR_BY_TASK = {"aircraft": 5e-5, "mnist": 5e-5}  # REFERENCE.md; every other MTIL dataset: 1e-5
+LR_BY_TASK = {"aircraft": 5e-5, "mnist": 5e-5}  # docs/protocol.md, "MTIL"; every other MTIL dataset: 1e-5
 DEFAULT_LR, MINI_LR = 1e-5, 1e-3
-# Per-setting defaults (REFERENCE.md). MTIL: 1,000 steps per task, 100 warm-up, smoothing 0.2, wd 0, lr per dataset.
+# Per-setting defaults (docs/protocol.md). MTIL: 1,000 steps per task, 100 warm-up, smoothing 0.2, wd 0, lr per dataset.
 MTIL_DEFAULTS: dict[str, object] = {"iterations": 1000, "warmup": 100, "label_smoothing": 0.2, "weight_decay": 0.0,
                                     "alpha": 1.0, "ensemble_every": 100, "memory_size": 10000}
 # CIL (the harness): one epoch over each step's images, lr 7.1e-6, 30 warm-up iterations; smoothing / wd per dataset;
@@ -31,8 +31,8 @@ CIL_DATASET_DEFAULTS: dict[str, dict[str, object]] = {
 }
 CIL_METHOD_DEFAULTS: dict[str, dict[str, object]] = {"lwf": {"alpha": 5.0}, "lwf-vr": {"alpha": 5.0},
                                                      "zscl": {"alpha": 5.0},
-                                                     # CLTS's task heads (linear, on frozen features; ours, REFERENCE.md
-                                                     # "CLTS"): AdamW 1e-3 for 10 epochs, constant, no smoothing or decay
+                                                     # CLTS's task heads (linear, on frozen features; ours, docs/clts.md,
+                                                     # "Defaults the paper leaves open"): AdamW 1e-3 for 10 epochs, constant, no smoothing or decay
                                                      "clts": {"lr": 1e-3, "epochs": 10.0, "warmup": 0,
                                                               "label_smoothing": 0.0, "weight_decay": 0.0}}
 
@@ -78,7 +78,7 @@ class TrainConfig:
     l2_weight: float = 1.0
     l2_without_awc: bool = False  # GIFT with --no-awc: the l2 penalty in AWC's place (the code's ablation rows)
     replay_generator: str | None = None  # use the pool sets of this generator (sd15 | tiny | reference: real images)
-    # baselines (REFERENCE.md, "Baselines as the reference code runs them")
+    # baselines (docs/protocol.md, "Baselines")
     wise_alpha: float = 0.8  # wise-ft: θ ← α·θ + (1−α)·θ(t−1) after each task
     random_texts: int = 1000  # lwf-vr: random 10-token sentences
     reference_images: str | None = None  # zscl: an ImageFolder of real images (ImageNet train in the paper)

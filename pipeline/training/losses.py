@@ -1,4 +1,4 @@
-"""GIFT's loss terms and penalties, as the reference code computes them (REFERENCE.md, "Losses").
+"""GIFT's loss terms and penalties, as the reference code computes them (docs/protocol.md, "Losses").
 
 Shapes: B = synthetic batch, N = real batch, C = classes of the current task, D = embedding width. All
 features are L2-normalised; logits are ``LOGIT_SCALE`` (100) times cosine similarities.
