@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.common import clean_errors, out, setup_logging
+from cli.common import clean_errors, out, parse_seeds, setup_logging
 from cli.progress import RichProgress, TrainProgress
 from cli.shards_cmd import shards_ls
 
@@ -20,18 +20,6 @@ METHODS = ("finetune", "gift")
 # `make table ORDER=mini-cil METHODS=seq` reuses these runs
 CIL_RUNS = (("finetune", "finetune", {}), ("gift", "gift", {}), ("clts", "clts", {}),
             ("gift-captions", "gift", {"replay_captions": True}))
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``0`` or ``0,1,2`` -> distinct non-negative seeds in the order given."""
-    try:
-        seeds = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise typer.BadParameter(f"{text!r}: write one seed or a comma-separated list, e.g. 0 or 0,1,2",
-                                 param_hint="--seed") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise typer.BadParameter(f"{text!r}: seeds must be distinct and non-negative", param_hint="--seed")
-    return seeds
 
 
 def run_name(row: str, method: str, order: str, seed: int) -> str | None:

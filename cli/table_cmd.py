@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import clean_errors, console, out, setup_logging
+from cli.common import clean_errors, console, out, parse_seeds, setup_logging
 from cli.progress import TrainProgress
 
 TABLE_HELP = (
@@ -103,12 +103,16 @@ def table(
     runs: list[Path] = typer.Option(None, help="With --methods: where run directories go (default runs). Without: "
                                     "run directories, or folders of them, to build the table from (repeatable)."),
     out_dir: Path = typer.Option(None, "--out", help="Where table-<order>.md/.csv/.png go (default: the runs folder)."),
+    seed: str = typer.Option("0", help="Training seed of every run, or a comma-separated list (0,1,2): every preset "
+                             "is trained (or reused) once per seed, seed N > 0 in <run>-seedN as `gift demo --seed` "
+                             "names it, and each cell is mean ± std over the seeds -> table-<order>-seeds0-1-2.md."),
     list_presets: bool = typer.Option(False, "--list", help="List presets, aliases and groups, then exit."),
 ) -> None:
     if list_presets:
         with clean_errors():
             _list_presets(order)
         return
+    seeds = parse_seeds(seed)
     setup_logging()
     import torch
 
@@ -146,7 +150,7 @@ def table(
             train_fn = functools.partial(train, tracker=TrainTracking(reporters)) if reporters else train
             result = tbl.run_table(order, chosen, base,
                                    progress=_Progress(), device=torch.device(device) if device else None,
-                                   out_dir=out_dir, train_fn=train_fn)
+                                   out_dir=out_dir, train_fn=train_fn, seeds=seeds)
             result_table, files = result.table, result.files
             if result.reused:
                 out.print(f"reused finished runs: {', '.join(result.reused)}")
