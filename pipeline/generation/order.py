@@ -1,0 +1,88 @@
+"""A whole order's replay pool in one command (``gift generate --order II``): every stage-1 set its training reads.
+
+The sets are ``catalog.pool_tasks(order)`` (the list training's ``Protocol.pool_sets`` is), each resolved with the
+same options into its own spec; training later finds them as one spec family (``training.synthetic``). Finished
+sets are skipped, a partial one is finished shard by shard (``generate`` resumes), so the command is resumable by
+re-running it, under torchrun as single-task generation is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.datasets import catalog
+from shards.layout import MANIFEST, set_dir
+from shards.manifest import load_manifest
+
+from .generate import GenerateResult, GenerateSpec, Progress, generate, make_generator, plan, resolve_spec
+from .generators import Speedups
+
+
+@dataclass(frozen=True)
+class PoolSet:
+    """One set of the pool: where it goes and how far it is (from its manifest; none yet: nothing rendered)."""
+
+    task: str
+    spec: GenerateSpec
+    path: Path
+    planned: int  # images the set's plan holds
+    stored: int  # images in its finished shards (flagged ones are recorded, not stored)
+    complete: bool
+
+    @property
+    def status(self) -> str:
+        """``done``, ``partial`` (some shards finished) or ``to do``."""
+        if self.complete:
+            return "done"
+        return "partial" if self.path.joinpath(MANIFEST).exists() else "to do"
+
+
+def pool_sets(order: str, out: str | os.PathLike, **spec_options) -> list[PoolSet]:
+    """The pool sets of ``order`` under ``out``, each as ``resolve_spec(task, **spec_options)`` makes it; nothing is
+    rendered. ``spec_options`` are single-task generation's (model, per_class, steps, size, ...); a ``per_class``
+    applies to every set (default: each set's own, ``gift tasks``)."""
+    catalog.get_order(order)  # an unknown order fails with the list of valid ones
+    found = []
+    for task in catalog.pool_tasks(order):
+        spec = resolve_spec(task, **spec_options)
+        path = set_dir(out, task, spec.hash)
+        manifest = load_manifest(path) if (path / MANIFEST).exists() else None
+        planned = len(plan(spec))
+        found.append(PoolSet(task, spec, path, planned, manifest["samples"] if manifest else 0,
+                             bool(manifest and manifest["complete"])))
+    return found
+
+
+def render_pool(sets: list[PoolSet], out: str | os.PathLike, *, batch_size: int = 16, device: torch.device,
+                progress_for: Callable[[PoolSet], Progress] = lambda s: Progress(), allow_download: bool = False,
+                speedups: Speedups = Speedups(),
+                on_done: Callable[[PoolSet, GenerateResult, Progress], None] = lambda s, r, p: None,
+                ) -> list[GenerateResult]:
+    """Render every set of ``sets`` that is not done, in order; the diffusion pipeline is loaded once for all of them
+    (only the reference generator depends on the task: it is built per set). ``progress_for`` makes each set's
+    progress (closed by its ``stop`` if it has one), ``on_done`` sees each rendered set with it."""
+    shared = None
+    results = []
+    for pool_set in sets:
+        if pool_set.complete:
+            continue
+        spec = pool_set.spec
+        if shared is None and spec.generator != "reference":
+            shared = make_generator(spec, device, allow_download=allow_download, speedups=speedups)
+        progress = progress_for(pool_set)
+        try:
+            result = generate(spec, out, batch_size=batch_size, device=device, progress=progress,
+                              allow_download=allow_download, speedups=speedups,
+                              generator=shared if spec.generator != "reference" else None)
+            on_done(pool_set, result, progress)
+        finally:
+            stop = getattr(progress, "stop", None)  # a terminal bar or tracker closes even when rendering fails
+            if stop is not None:
+                stop()
+        results.append(result)
+    return results
