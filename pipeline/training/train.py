@@ -32,6 +32,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.clts.run import run_clts
+from pipeline.datasets.required import require_datasets
 from pipeline.dist import Dist
 from pipeline.methods import TaskContext, get_method
 from pipeline.methods.base import student_features
@@ -109,6 +110,7 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
         torch.cuda.set_device(device)
     method_cls = get_method(config.method)
     method_cls.check(config)
+    require_datasets(config.order, config.data_root)  # every missing dataset named at once, before anything loads
     if method_cls.loop != "finetune":
         return LOOPS[method_cls.loop](config, progress, device, tracker)
     protocol = protocol_for(config)
