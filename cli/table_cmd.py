@@ -39,21 +39,28 @@ def train_options(ctx: typer.Context, args: list[str]) -> tuple[dict, str | None
 
     Only TrainConfig fields are passed on (so an option added to ``gift train`` for a new field works here too).
     """
-    from pipeline.training.config import TrainConfig
-
-    train_cmd = ctx.find_root().command.get_command(ctx, "train")  # `gift train`, as the app declares it
-    sub = train_cmd.make_context("(gift train options)", list(args), parent=ctx, allow_extra_args=True)
+    sub, kwargs = parse_train_options(ctx, args, skip=TABLE_OWNED)
     # (typer vendors its own click, so the parameter source is compared by name)
     given = [k for k in ("method", "name") if getattr(sub.get_parameter_source(k), "name", "") == "COMMANDLINE"]
     if given:
         raise ValueError(f"--{given[0]} is chosen per preset by `gift table`; list presets with --methods")
+    return kwargs, sub.params.get("device"), sub.params.get("report_to") or "", [Path(a) for a in sub.args]
+
+
+def parse_train_options(ctx: typer.Context, args: list[str], skip: tuple[str, ...] = ()) -> tuple[typer.Context, dict]:
+    """``args`` parsed by ``gift train``'s own declarations: (its context, the TrainConfig fields among them but
+    ``skip``, Paths and enums as the config stores them). `gift table` and `gift doctor` take every train option so."""
+    from pipeline.training.config import TrainConfig
+
+    train_cmd = ctx.find_root().command.get_command(ctx, "train")  # `gift train`, as the app declares it
+    sub = train_cmd.make_context("(gift train options)", list(args), parent=ctx, allow_extra_args=True)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     kwargs = {}
     for key, value in sub.params.items():
         key = RENAMED.get(key, key)
-        if key in fields and key not in TABLE_OWNED:
+        if key in fields and key not in skip:
             kwargs[key] = value.value if isinstance(value, enum.Enum) else str(value) if isinstance(value, Path) else value
-    return kwargs, sub.params.get("device"), sub.params.get("report_to") or "", [Path(a) for a in sub.args]
+    return sub, kwargs
 
 
 def _list_presets(order: str | None) -> None:

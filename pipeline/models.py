@@ -80,7 +80,9 @@ def clip_weights_file(spec: ClipSpec) -> Path:
     if spec.arch == "tiny":
         path = Path(spec.weights).expanduser()
         if not path.is_file():
-            raise ClipNotFoundError(f"CLIP checkpoint {path} does not exist")
+            raise ClipNotFoundError(f"CLIP checkpoint {path} does not exist\nPass an existing checkpoint with "
+                                    "--clip-weights (the demo writes its tiny CLIP to "
+                                    "demo-out/tiny-clip-pretrained.safetensors: make demo)")
         return path
     path = Path(spec.weights).expanduser()
     return path if path.is_file() else _cached_weights(spec)

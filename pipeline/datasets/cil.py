@@ -200,3 +200,8 @@ def check(root: str | Path, names: Sequence[str] = ("cifar10", "tinyimagenet")) 
 def folder(name: str) -> str:
     """The dataset's folder under the data root (torchvision's)."""
     return _source(name).folder
+
+
+def official_counts(name: str) -> tuple[int, int]:
+    """(train, test) images of the dataset's complete release."""
+    return _source(name).official

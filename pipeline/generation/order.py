@@ -20,7 +20,7 @@ from shards.layout import MANIFEST, set_dir
 from shards.manifest import load_manifest
 
 from .generate import GenerateResult, GenerateSpec, Progress, generate, make_generator, plan, resolve_spec
-from .generators import Speedups
+from .generators import SD15_ID, Speedups
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,46 @@ def render_pool(sets: list[PoolSet], out: str | os.PathLike, *, batch_size: int 
                 stop()
         results.append(result)
     return results
+
+
+# Spec field -> `gift generate` option, for the fields a user may set (task, generator and model are the model option).
+OPTIONS = {"per_class": "--per-class", "steps": "--steps", "guidance": "--guidance", "scheduler": "--scheduler",
+           "size": "--size", "negative_prompt": "--negative-prompt", "safety_checker": "--safety-checker",
+           "dtype": "--dtype", "seed": "--seed", "image_format": "--format", "jpeg_quality": "--jpeg-quality",
+           "shard_size": "--shard-size", "revision": "--revision"}
+
+
+def model_option(spec: dict) -> str:
+    """``--model`` of a set's spec: sd15, tiny, reference:DIR, or the Hub id / directory it was rendered from."""
+    if spec["generator"] == "tiny":
+        return "tiny"
+    if spec["generator"] == "reference":
+        return f"reference:{spec['model']}"
+    return "sd15" if spec["model"] == SD15_ID else spec["model"]
+
+
+def spec_options(spec: dict) -> dict:
+    """``resolve_spec`` keyword arguments that render another task's set of the same family as ``spec`` (a set's
+    manifest spec): the model, and every option whose value is not the default (``per_class`` only when it is not
+    the task's default)."""
+    model = model_option(spec)
+    # fp16 is the default on a GPU: the defaults are taken where the set was most likely made
+    device = torch.device("cuda" if spec.get("dtype") in ("fp16", "bf16") else "cpu")
+    default = resolve_spec(spec["task"], model=model, device=device).to_dict()
+    options = {"model": model, "device": device}
+    for key in OPTIONS:
+        if spec.get(key) != default.get(key):
+            options[key] = spec.get(key)
+    return options
+
+
+def generate_flags(options: dict) -> str:
+    """The `gift generate` options of ``spec_options`` (or of any resolve_spec keywords), e.g. ``--model tiny
+    --steps 20``: empty for the defaults."""
+    flags = [] if options.get("model", "sd15") == "sd15" else [f"--model {options['model']}"]
+    for key, flag in OPTIONS.items():
+        if key in options and options[key] is not None:
+            value = options[key]
+            value = ("on" if value else "off") if key == "safety_checker" else value
+            flags.append(f"{flag} {value!r}" if key == "negative_prompt" else f"{flag} {value}")
+    return " ".join(flags)
