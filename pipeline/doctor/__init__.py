@@ -114,8 +114,9 @@ def diagnose(config: TrainConfig, *, model: str = "sd15", captioner: str = "blip
         images, generator, render_steps, pool_bytes = (pool.images_to_render, pool.generator, pool.steps,
                                                        pool.bytes_to_write)
     captions = config.method == "clts" or config.replay_captions or config.order.startswith("seq-")
-    weights = check_weights(weight_entries(model, config.clip_arch, config.clip_weights, captioner,
-                                           captions_needed=captions))
+    # the generator of the sets already there decides what rendering the rest needs (reference images: no weights)
+    weights = check_weights(weight_entries(pool.model if pool is not None else model, config.clip_arch,
+                                           config.clip_weights, captioner, captions_needed=captions))
     if pool is not None and images == 0:  # every set is rendered: SD is not needed by this run
         weights = [w if w.status == OK or not w.name.startswith("Stable Diffusion") else
                    Finding(w.section, w.name, NOTE, "not needed: every pool set is rendered", w.fix) for w in weights]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.datasets import catalog
-from pipeline.generation.order import generate_flags, pool_sets, spec_options
+from pipeline.generation.order import generate_flags, model_option, pool_sets, spec_options
 from pipeline.training.synthetic import find_pool_sets, spec_family, spec_filter
 from shards.errors import ShardSetError
 from shards.manifest import find_sets, load_manifest
@@ -30,6 +30,7 @@ class PoolState:
     bytes_to_write: float  # disk the missing images take (estimated)
     generator: str  # sd15 | tiny | reference: what rendering costs
     steps: int  # denoising steps of the renders
+    model: str  # `gift generate --model` of the pool's sets (whose weights rendering needs)
 
 
 def _families(root: Path, tasks: list[str], family: str | None, generator: str | None) -> dict[str, dict[str, dict]]:
@@ -57,7 +58,7 @@ def check_pool(order: str, root: Path, *, family: str | None, generator: str | N
     except ShardSetError as e:
         if "several generator specs" in str(e):  # training would refuse: a choice only the user can make
             return PoolState([Finding("pool", "pool sets", "ambiguous", str(e),
-                                      f"pass --shard-family with one of {', '.join(families)}")], 0, 0.0, "sd15", 0)
+                                      f"pass --shard-family with one of {', '.join(families)}")], 0, 0.0, "sd15", 0, model)
         sets = None
     if sets is not None:
         findings = []
@@ -71,7 +72,7 @@ def check_pool(order: str, root: Path, *, family: str | None, generator: str | N
                                         _fix(order, root, spec_options(manifest["spec"]), make_hint)))
         if all(f.status == OK for f in findings):
             spec = load_manifest(next(iter(sets.values())))["spec"]
-            return PoolState(findings, 0, 0.0, spec["generator"], spec["steps"])
+            return PoolState(findings, 0, 0.0, spec["generator"], spec["steps"], model_option(spec))
 
     # the family with the most sets (none: the doctor's --model) decides the options of the missing ones
     best = max(families.values(), key=len, default={})
@@ -79,19 +80,18 @@ def check_pool(order: str, root: Path, *, family: str | None, generator: str | N
     try:
         expected = pool_sets(order, root, **options)
     except ValueError as e:  # e.g. --model names a directory that does not exist
-        return PoolState([Finding("pool", "pool sets", "unknown", str(e), "fix --model")], 0, 0.0, "sd15", 0)
+        return PoolState([Finding("pool", "pool sets", "unknown", str(e), "fix --model")], 0, 0.0, "sd15", 0, model)
     findings, to_render, stored_bytes, stored_images = [], 0, 0.0, 0
     fix = _fix(order, root, options, make_hint)
     for s in expected:
         manifest = best.get(s.task)
-        problems = verify_set(s.path, deep=False).problems if s.path.joinpath("manifest.json").exists() else None
-        if s.complete and not problems:
+        if s.complete:
             findings.append(Finding("pool", s.task, OK, f"{s.stored:,} images, {s.path}"))
-        elif problems is not None:  # partial, or a shard lost or corrupted since: generate redoes those shards
-            shown = "; ".join(problems)
+        elif s.status == "partial":  # partial, or a shard lost or damaged since: generate redoes those shards
+            shown = "; ".join(s.problems)
             findings.append(Finding("pool", s.task, "incomplete", f"{s.stored:,} of {s.planned:,} images, {s.path}"
                                     + (f" ({shown[:200]})" if shown else ""), fix))
-            to_render += max(s.planned - s.stored, s.spec.shard_size if problems else 0)
+            to_render += max(s.planned - s.stored, s.spec.shard_size if s.problems else 0)
         elif manifest is not None:  # the family's set for this task has another per-class count
             findings.append(Finding("pool", s.task, OK if manifest["complete"] else "incomplete",
                                     f"{manifest['samples']:,} of {manifest['planned_samples']:,} images",
@@ -105,7 +105,7 @@ def check_pool(order: str, root: Path, *, family: str | None, generator: str | N
     spec = expected[0].spec
     per_image = (stored_bytes / stored_images if stored_images else
                  JPEG_BYTES_PER_PIXEL * (spec.size or 256) ** 2 * (1 if spec.image_format == "jpg" else 3))
-    return PoolState(findings, to_render, to_render * per_image, spec.generator, spec.steps)
+    return PoolState(findings, to_render, to_render * per_image, spec.generator, spec.steps, options["model"])
 
 
 def _fix(order: str, root: Path, options: dict, make_hint: str) -> str:

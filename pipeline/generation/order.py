@@ -18,6 +18,7 @@ import torch
 from pipeline.datasets import catalog
 from shards.layout import MANIFEST, set_dir
 from shards.manifest import load_manifest
+from shards.verify import verify_set
 
 from .generate import GenerateResult, GenerateSpec, Progress, generate, make_generator, plan, resolve_spec
 from .generators import SD15_ID, Speedups
@@ -32,19 +33,20 @@ class PoolSet:
     path: Path
     planned: int  # images the set's plan holds
     stored: int  # images in its finished shards (flagged ones are recorded, not stored)
-    complete: bool
+    complete: bool  # every shard finished and its checksum as recorded
+    problems: tuple[str, ...] = ()  # what `gift shards verify` finds wrong (a lost or damaged shard)
 
     @property
     def status(self) -> str:
-        """``done``, ``partial`` (some shards finished) or ``to do``."""
+        """``done``, ``partial`` (some shards finished, or one lost since) or ``to do``."""
         if self.complete:
             return "done"
         return "partial" if self.path.joinpath(MANIFEST).exists() else "to do"
 
 
 def pool_sets(order: str, out: str | os.PathLike, **spec_options) -> list[PoolSet]:
-    """The pool sets of ``order`` under ``out``, each as ``resolve_spec(task, **spec_options)`` makes it; nothing is
-    rendered. ``spec_options`` are single-task generation's (model, per_class, steps, size, ...); a ``per_class``
+    """The pool sets of ``order`` under ``out``, each as ``resolve_spec(task, **spec_options)`` makes it, and how far
+    each is (its manifest, and the checksums of a complete one); nothing is rendered. ``spec_options`` are single-task generation's (model, per_class, steps, size, ...); a ``per_class``
     applies to every set (default: each set's own, ``gift tasks``)."""
     catalog.get_order(order)  # an unknown order fails with the list of valid ones
     found = []
@@ -52,9 +54,10 @@ def pool_sets(order: str, out: str | os.PathLike, **spec_options) -> list[PoolSe
         spec = resolve_spec(task, **spec_options)
         path = set_dir(out, task, spec.hash)
         manifest = load_manifest(path) if (path / MANIFEST).exists() else None
-        planned = len(plan(spec))
-        found.append(PoolSet(task, spec, path, planned, manifest["samples"] if manifest else 0,
-                             bool(manifest and manifest["complete"])))
+        # checksums of a set its manifest calls complete (training checks the same): a shard lost since is redone
+        problems = tuple(verify_set(path, deep=False).problems) if manifest else ()
+        found.append(PoolSet(task, spec, path, len(plan(spec)), manifest["samples"] if manifest else 0,
+                             bool(manifest and manifest["complete"]) and not problems, problems))
     return found
 
 
