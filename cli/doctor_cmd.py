@@ -56,11 +56,12 @@ def doctor(
     if not problems:
         out.print("[green]ready[/]: nothing is missing for this run.")
         return
-    out.print(f"\n[bold red]{len(problems)} problem{'s' if len(problems) > 1 else ''}[/], each with its fix:")
     # problems one command fixes (the pool's sets) are listed together, the command once
     groups: dict[tuple[str, str], list] = {}
     for f in problems:
         groups.setdefault((f.section, f.fix) if f.fix else (f.section, f.name), []).append(f)
+    fixes = f" ({len(groups)} fixes)" if len(groups) < len(problems) else ""
+    out.print(f"\n[bold red]{len(problems)} problem{'s' if len(problems) > 1 else ''}[/]{fixes}, each with its fix:")
     for i, group in enumerate(groups.values(), 1):
         first = group[0]
         if len(group) == 1:

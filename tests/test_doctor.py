@@ -136,7 +136,7 @@ def test_cli_lists_every_problem_with_its_fix_and_exits_1(workspace, tmp_path):
                  env={"HF_HOME": str(tmp_path / "hf")})
     out = " ".join(r.stdout.split())
     assert r.returncode == 1, r.stderr
-    assert "6 problems, each with its fix" in out  # SD, CLIP file, BLIP (replayed captions), the pool (3 sets)
+    assert "6 problems (4 fixes), each with its fix" in out  # SD, CLIP file, BLIP (replayed captions), the pool (3 sets)
     assert "fix: Provide the weights: on a machine with network run `hf download stable-diffusion-v1-5" in out
     assert "`hf download Salesforce/blip-image-captioning-base`" in out
     assert "pool: mini-base (missing" in out and f"fix: gift generate --order mini --out {tmp_path / 'empty'}" in out
