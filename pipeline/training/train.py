@@ -110,10 +110,10 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
         torch.cuda.set_device(device)
     method_cls = get_method(config.method)
     method_cls.check(config)
-    require_datasets(config.order, config.data_root)  # every missing dataset named at once, before anything loads
     if method_cls.loop != "finetune":
         return LOOPS[method_cls.loop](config, progress, device, tracker)
     protocol = protocol_for(config)
+    require_datasets(config.order, config.data_root)  # every missing dataset named at once, before anything loads
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"unknown precision {config.precision!r}; choose fp32 or bf16")
     if config.workers is not None and config.workers < 0:
