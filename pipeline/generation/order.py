@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pipeline.datasets import catalog
+from pipeline.dist import Dist
 from shards.layout import MANIFEST, set_dir
 from shards.manifest import load_manifest
 from shards.verify import verify_set
@@ -69,6 +70,18 @@ def render_pool(sets: list[PoolSet], out: str | os.PathLike, *, batch_size: int 
     """Render every set of ``sets`` that is not done, in order; the diffusion pipeline is loaded once for all of them
     (only the reference generator depends on the task: it is built per set). ``progress_for`` makes each set's
     progress (closed by its ``stop`` if it has one), ``on_done`` sees each rendered set with it."""
+    dist = Dist.from_env()
+    # one process group for every set (generate() joins it rather than making and ending one per set)
+    own_group = dist.init(torch.device("cpu"))
+    try:
+        return _render_each(sets, out, batch_size=batch_size, device=device, progress_for=progress_for,
+                            allow_download=allow_download, speedups=speedups, on_done=on_done)
+    finally:
+        if own_group:
+            torch.distributed.destroy_process_group()
+
+
+def _render_each(sets, out, *, batch_size, device, progress_for, allow_download, speedups, on_done):
     shared = None
     results = []
     for pool_set in sets:
