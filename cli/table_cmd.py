@@ -123,6 +123,7 @@ def table(
     setup_logging()
     import torch
 
+    from pipeline.datasets.required import MissingDatasetsError, require_datasets
     from pipeline.tables import presets
     from pipeline.tables import table as tbl
     from pipeline.tracking import parse_report_to
@@ -154,6 +155,10 @@ def table(
                 base["runs"] = str(runs[-1])
             order = order or TrainConfig.order
             chosen = presets.resolve_presets(methods or presets.default_methods(order))
+            try:  # every run reads the same datasets: all the missing ones named once, not once per preset
+                require_datasets(order, base.get("data_root"))
+            except MissingDatasetsError as e:
+                raise ValueError(str(e)) from None
             train_fn = functools.partial(train, tracker=TrainTracking(reporters)) if reporters else train
             result = tbl.run_table(order, chosen, base,
                                    progress=_Progress(), device=torch.device(device) if device else None,

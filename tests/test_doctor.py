@@ -95,6 +95,21 @@ def test_every_missing_dataset_is_listed_by_doctor_and_by_train(tmp_path):
     assert all(f"{t}: dataset not found" in text for t in order if t not in ("mnist", "eurosat"))
 
 
+def test_table_names_every_missing_dataset_once_before_any_run(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import cli.app
+    import cli.table_cmd
+
+    monkeypatch.setattr(cli.table_cmd, "setup_logging", lambda: None)
+    make_mnist(tmp_path / "data")
+    result = CliRunner().invoke(cli.app.app, ["table", "--order", "II", "--methods", "finetune,l2", "--data-root",
+                                              str(tmp_path / "data"), "--runs", str(tmp_path / "runs")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and text.count("10 datasets of order II missing") == 1, text
+    assert "gift doctor --order II" in text and not (tmp_path / "runs").exists()
+
+
 def mini_args(workspace, shards, runs) -> list[str]:
     root, weights = workspace
     return ["doctor", "--order", "mini", "--shards", shards, "--runs", runs, "--clip", "tiny", "--clip-weights",
