@@ -58,7 +58,7 @@ GEN_ARGS = --model $(MODEL) --out $(OUT) --steps $(STEPS) --guidance $(GUIDANCE)
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 	@echo "  generate: TASK=<one task> | ORDER=$(ORDER) (no TASK: the order's whole pool; mini, mini-cil: the demo's) MODEL=$(MODEL) OUT=$(OUT) PER_CLASS=<per task> STEPS=$(STEPS) GUIDANCE=$(GUIDANCE) BATCH=$(BATCH) GPUS=$(GPUS) CAPTIONS=<caption set> GENERATE_ARGS='$(GENERATE_ARGS)'"
-	@echo "  caption:  TASK=$(TASK) DATA=$(DATA) CAPTIONS_OUT=$(CAPTIONS_OUT) CAPTION_ARGS='$(CAPTION_ARGS)'"
+	@echo "  caption:  TASK=$(or $(TASK),aircraft) DATA=$(DATA) CAPTIONS_OUT=$(CAPTIONS_OUT) CAPTION_ARGS='$(CAPTION_ARGS)'"
 	@echo "  train:    ORDER=$(ORDER) METHOD=$(METHOD) DATA=$(DATA) OUT=$(OUT) RUNS=$(RUNS) SEED=<n> TRAIN_ARGS='$(TRAIN_ARGS)'"
 	@echo "  doctor:   ORDER=$(ORDER) METHOD=$(METHOD) DATA=$(DATA) OUT=$(OUT) RUNS=$(RUNS) MODEL=$(MODEL) DOCTOR_ARGS='$(DOCTOR_ARGS)'"
 	@echo "  sharing:  STORE=<dir | ssh://host/path | https://...> SET=<OUT or OUT/<task>/<hash> (push), STORE/<task>/<hash> (pull)>"

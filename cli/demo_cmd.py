@@ -23,9 +23,13 @@ CIL_RUNS = (("finetune", "finetune", {}), ("gift", "gift", {}), ("clts", "clts",
 
 
 def run_name(row: str, method: str, order: str, seed: int) -> str | None:
-    """Seed 0 keeps `gift train`'s default name (or the preset's), so `make table ORDER=…` reuses the demo's runs."""
-    base = None if row == method else f"{row}-order{order}"
-    return base if seed == 0 else f"{row}-order{order}-seed{seed}"
+    """The run directory `gift table --seed` looks for (``Preset.run_name``): seed 0 keeps `gift train`'s default name
+    (or the preset's), so `make table ORDER=…` reuses the demo's runs; seed N > 0 appends ``-seedN``."""
+    from pipeline.tables.presets import all_presets
+
+    preset = all_presets()[row]
+    assert preset.method == method, (row, method)  # the demo's rows are the table's presets
+    return preset.run_name(order, seed)
 
 
 def demo(
