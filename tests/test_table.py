@@ -278,6 +278,9 @@ def test_seeds_train_their_own_runs_and_several_seeds_give_mean_and_std(tmp_path
     assert row[-1] == "**failed**, 2 of 3 seeds" and "seed 2: out of memory" in md
     csv_row = read_csv(three.files["csv"])["finetune"]
     assert csv_row["transfer"] == "41.25" and csv_row["std_transfer"] == "6.72" and csv_row["seeds"] == "0 1 2"
+    # built from the folder (`gift table --runs DIR`): each seed's run a row of its own, named apart
+    assert [r.name for r in tbl.build_table("mini", tbl.find_runs(runs, "mini")).rows] == [
+        "finetune", "finetune-ordermini-seed1"]
 
 
 # --------------------------------------------------------------------------- `gift table` end to end

@@ -190,9 +190,9 @@ def build_table(order: str, run_dirs: Sequence[Path], *, errors: Mapping[Path, s
         preset = presets.get(run_dir) or identify(run_dir, cfg)
         rows_acc = [[math.nan if v is None else v for v in r] for r in state["acc"]]  # CIL: null above the diagonal
         acc = np.array(rows_acc, dtype=float).reshape(len(rows_acc), len(datasets))
-        # A row is named after its preset when its directory is the preset's, else after the directory.
-        name = (preset.name if preset and run_dir.name == preset.dir_name(order, int(cfg.get("seed") or 0))
-                else run_dir.name)
+        # A row is named after its preset when it was run as that preset or its directory is the preset's (seed 0),
+        # else after the directory (a table built from folders that hold several seeds' runs names each apart).
+        name = preset.name if preset and (run_dir in presets or run_dir.name == preset.dir_name(order)) else run_dir.name
         row = Row(name, preset.label_for(order) if preset else "", run_dir, cfg["method"], len(datasets),
                   finished=len(acc), preset=preset.name if preset else "", published=published_for(preset, cfg),
                   source=preset.source_for(order) if preset else "", error=error)
