@@ -168,7 +168,13 @@ def _pool_sets(config: TrainConfig, pool: list[str]) -> tuple[dict[str, Path], d
     """The pool's sets by task, and (``--replay-captions``) the caption renders the earlier tasks' sets are."""
     if not config.replay_captions:
         root = _shards_root(config, pool)
-        return find_pool_sets(root, pool, config.shard_family, config.replay_generator), {}
+        try:
+            return find_pool_sets(root, pool, config.shard_family, config.replay_generator), {}
+        except ShardSetError as e:
+            if not str(e).startswith("no shard set"):
+                raise
+            raise ShardSetError(f"{e}; or the order's whole pool at once: gift generate --order {config.order} --out "
+                                f"{root} (`gift doctor --order {config.order}` lists every set)") from None
     from shards.store import is_url
 
     if is_url(config.shards):
