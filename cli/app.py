@@ -1,7 +1,7 @@
 """The ``gift`` command: a thin typer layer that parses, calls a typed function, and prints with rich.
 
 One module per command group: ``generate_cmd`` (stage 1), ``caption_cmd`` (caption sets), ``shards_cmd`` (inspect
-and share sets), ``train_cmd`` (stage 2), ``table_cmd``, ``data_cmd``, ``demo_cmd``; ``common`` and ``progress`` hold
+and share sets), ``train_cmd`` (stage 2), ``table_cmd``, ``data_cmd``, ``doctor_cmd`` (is a run ready), ``demo_cmd``; ``common`` and ``progress`` hold
 what they share.
 """
 
@@ -14,6 +14,7 @@ from cli.caption_cmd import caption
 from cli.common import out
 from cli.data_cmd import data_app
 from cli.demo_cmd import demo
+from cli.doctor_cmd import DOCTOR_HELP, doctor
 from cli.generate_cmd import generate
 from cli.shards_cmd import shards_app
 from cli.table_cmd import TABLE_HELP, table
@@ -64,6 +65,8 @@ app.command()(train)
 # `gift table` (cli/table_cmd.py): the options it does not declare are `gift train`'s, parsed by that command.
 app.command(help=TABLE_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(table)
 app.command()(demo)
+# `gift doctor` (cli/doctor_cmd.py): like `gift table`, the run's options are `gift train`'s, parsed by that command.
+app.command(help=DOCTOR_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(doctor)
 
 
 def main() -> None:

@@ -69,3 +69,15 @@ def relaunch_with_torchrun(gpus: int) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m", "cli", *args]
     console.print(f"launching {gpus} processes: {' '.join(cmd[2:])}")
     raise typer.Exit(subprocess.call(cmd))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0`` or ``0,1,2`` -> distinct non-negative seeds in the order given (``--seed`` of demo and table)."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: write one seed or a comma-separated list, e.g. 0 or 0,1,2",
+                                 param_hint="--seed") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise typer.BadParameter(f"{text!r}: seeds must be distinct and non-negative", param_hint="--seed")
+    return seeds

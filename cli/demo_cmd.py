@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.common import clean_errors, out, setup_logging
+from cli.common import clean_errors, out, parse_seeds, setup_logging
 from cli.progress import RichProgress, TrainProgress
 from cli.shards_cmd import shards_ls
 
@@ -22,22 +22,14 @@ CIL_RUNS = (("finetune", "finetune", {}), ("gift", "gift", {}), ("clts", "clts",
             ("gift-captions", "gift", {"replay_captions": True}))
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``0`` or ``0,1,2`` -> distinct non-negative seeds in the order given."""
-    try:
-        seeds = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise typer.BadParameter(f"{text!r}: write one seed or a comma-separated list, e.g. 0 or 0,1,2",
-                                 param_hint="--seed") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise typer.BadParameter(f"{text!r}: seeds must be distinct and non-negative", param_hint="--seed")
-    return seeds
-
-
 def run_name(row: str, method: str, order: str, seed: int) -> str | None:
-    """Seed 0 keeps `gift train`'s default name (or the preset's), so `make table ORDER=…` reuses the demo's runs."""
-    base = None if row == method else f"{row}-order{order}"
-    return base if seed == 0 else f"{row}-order{order}-seed{seed}"
+    """The run directory `gift table --seed` looks for (``Preset.run_name``): seed 0 keeps `gift train`'s default name
+    (or the preset's), so `make table ORDER=…` reuses the demo's runs; seed N > 0 appends ``-seedN``."""
+    from pipeline.tables.presets import all_presets
+
+    preset = all_presets()[row]
+    assert preset.method == method, (row, method)  # the demo's rows are the table's presets
+    return preset.run_name(order, seed)
 
 
 def demo(

@@ -1,4 +1,5 @@
-"""`gift generate TASK`: render a task's prompts, or a caption set's captions, into a shard set (stage 1)."""
+"""`gift generate TASK`: render a task's prompts, or a caption set's captions, into a shard set (stage 1);
+`gift generate --order O`: every set of O's replay pool, with an overview of what is done and what is left."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ class OnOff(str, Enum):
 
 
 def generate(
-    task: str = typer.Argument(..., help="An MTIL dataset, `imagenet`, or a CIL replay set: cil-base, cil-cifar100, cil-tinyimagenet, cil-cifar10 (see `gift tasks`)."),
+    task: str = typer.Argument(None, help="An MTIL dataset, `imagenet`, or a CIL replay set: cil-base, cil-cifar100, cil-tinyimagenet, cil-cifar10 (see `gift tasks`); or --order instead."),
+    order: str = typer.Option(None, "--order", help="Render every set the replay pool of this order needs (I, II, mini, or a CIL setting such as cifar100-10, mini-cil: the base set and the order's tasks but the last; CIL: the base names and the dataset's set), skipping finished sets; instead of TASK."),
     model: str = typer.Option("sd15", help="`sd15` (stable-diffusion-v1-5), `tiny` (random, CPU), `reference:DIR` (real images DIR/<class>/*.jpg), a Hub id, or a local diffusers directory."),
     out_dir: Path = typer.Option(Path("shards-out"), "--out", help="Root of shard sets; the set goes to OUT/<task>/<spec-hash>/."),
     per_class: int = typer.Option(None, help="Images per class (default: enough for one MTIL order, or the CIL settings of at most 10 steps, to draw each image about once; see `gift tasks`)."),
@@ -53,7 +55,12 @@ def generate(
     per_caption: int = typer.Option(None, help="With --captions: images per caption, each with its own seed (default 10)."),
     prompt_template: str = typer.Option(None, help="With --captions: the prompt, from {caption} and {class} (default '{caption}'; e.g. '{caption}, a photo of a {class}')."),
 ) -> None:
-    """Render TASK's class prompts (or a caption set's captions) into a resumable, verifiable shard set."""
+    """Render TASK's class prompts (or a caption set's captions), or with --order every set of an order's replay pool,
+    into resumable, verifiable shard sets."""
+    if (task is None) == (order is None):
+        raise typer.BadParameter("give a TASK or --order ORDER (one of them)", param_hint="TASK / --order")
+    if order is not None and captions is not None:
+        raise typer.BadParameter("--captions renders one caption set: give its TASK, not --order", param_hint="--order")
     if gpus > 1 and "RANK" not in os.environ:
         relaunch_with_torchrun(gpus)
     setup_logging()
@@ -75,14 +82,20 @@ def generate(
         dev = torch.device(device) if device else default_device()
         if dev.type == "cuda" and dev.index is None:
             dev = default_device()
-        spec = resolve_spec(
-            task, model=model, per_class=per_class, steps=steps, guidance=guidance, scheduler=scheduler.value,
+        options = dict(
+            model=model, per_class=per_class, steps=steps, guidance=guidance, scheduler=scheduler.value,
             size=size, negative_prompt=negative_prompt,
             safety_checker=None if safety_checker is OnOff.auto else safety_checker is OnOff.on,
             dtype=dtype, seed=seed, image_format=image_format, jpeg_quality=jpeg_quality, shard_size=shard_size,
-            revision=revision, device=dev, **caption_args,
+            revision=revision, device=dev,
         )
         main = os.environ.get("RANK", "0") == "0"
+        if order is not None:
+            _generate_order(order, out_dir, options, batch_size=batch_size, device=dev, allow_download=download,
+                            speedups=Speedups(fuse_qkv, channels_last, compile_unet), main=main,
+                            reporters=reporters)
+            return
+        spec = resolve_spec(task, **options, **caption_args)
         progress = RichProgress(f"{task} ({spec.generator})", enabled=main)
         if reporters and main:  # rank 0 only: one log per set
             from pipeline.generation.tracking import GenerateTracking
@@ -100,3 +113,40 @@ def generate(
         state = "[green]complete[/]" if m["complete"] else "[yellow]incomplete[/]"
         out.print(f"{result.set_path}: {m['samples']} images in {m['num_shards']} shards, {m['bytes'] / 1e6:.1f} MB, "
                   f"{m['flagged']} flagged, {state} (rendered {len(result.rendered_shards)}, kept {len(result.skipped_shards)})")
+
+
+def _generate_order(order: str, out_dir: Path, options: dict, *, batch_size: int, device, allow_download: bool,
+                    speedups, main: bool, reporters: list[str]) -> None:
+    """``--order``: the overview of the pool's sets, then every set not done, then the overview again."""
+    from pipeline.generation.order import pool_sets, render_pool
+    from pipeline.generation.tracking import GenerateTracking
+
+    def progress_for(pool_set):
+        bar = RichProgress(f"{pool_set.task} ({pool_set.spec.generator})", enabled=main)
+        return GenerateTracking(bar, reporters, out_dir, pool_set.spec) if reporters and main else bar
+
+    def on_done(pool_set, result, progress):
+        if isinstance(progress, GenerateTracking):  # the set's contact sheet and totals, as for one TASK
+            progress.finished(result)
+
+    sets = pool_sets(order, out_dir, **options)
+    if main:
+        _overview(order, sets)
+    render_pool(sets, out_dir, batch_size=batch_size, device=device, allow_download=allow_download, speedups=speedups,
+                progress_for=progress_for, on_done=on_done)
+    if main and any(not s.complete for s in sets):
+        _overview(order, pool_sets(order, out_dir, **options))
+
+
+def _overview(order: str, sets) -> None:
+    from rich.table import Table
+
+    table = Table("set", "status", "images stored / planned", "path", title=f"replay pool of order {order}")
+    style = {"done": "green", "partial": "yellow", "to do": "bold"}
+    for s in sets:
+        table.add_row(s.task, f"[{style[s.status]}]{s.status}[/]", f"{s.stored:,} / {s.planned:,}", str(s.path))
+    out.print(table)
+    todo = [s for s in sets if not s.complete]
+    done = len(sets) - len(todo)
+    out.print(f"{done} of {len(sets)} sets done; to render: {sum(s.planned - s.stored for s in todo):,} images"
+              + (f" in {len(todo)} set{'s' if len(todo) > 1 else ''}" if todo else ""), soft_wrap=True)

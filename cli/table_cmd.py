@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import clean_errors, console, out, setup_logging
+from cli.common import clean_errors, console, out, parse_seeds, setup_logging
 from cli.progress import TrainProgress
 
 TABLE_HELP = (
@@ -39,21 +39,28 @@ def train_options(ctx: typer.Context, args: list[str]) -> tuple[dict, str | None
 
     Only TrainConfig fields are passed on (so an option added to ``gift train`` for a new field works here too).
     """
-    from pipeline.training.config import TrainConfig
-
-    train_cmd = ctx.find_root().command.get_command(ctx, "train")  # `gift train`, as the app declares it
-    sub = train_cmd.make_context("(gift train options)", list(args), parent=ctx, allow_extra_args=True)
+    sub, kwargs = parse_train_options(ctx, args, skip=TABLE_OWNED)
     # (typer vendors its own click, so the parameter source is compared by name)
     given = [k for k in ("method", "name") if getattr(sub.get_parameter_source(k), "name", "") == "COMMANDLINE"]
     if given:
         raise ValueError(f"--{given[0]} is chosen per preset by `gift table`; list presets with --methods")
+    return kwargs, sub.params.get("device"), sub.params.get("report_to") or "", [Path(a) for a in sub.args]
+
+
+def parse_train_options(ctx: typer.Context, args: list[str], skip: tuple[str, ...] = ()) -> tuple[typer.Context, dict]:
+    """``args`` parsed by ``gift train``'s own declarations: (its context, the TrainConfig fields among them but
+    ``skip``, Paths and enums as the config stores them). `gift table` and `gift doctor` take every train option so."""
+    from pipeline.training.config import TrainConfig
+
+    train_cmd = ctx.find_root().command.get_command(ctx, "train")  # `gift train`, as the app declares it
+    sub = train_cmd.make_context("(gift train options)", list(args), parent=ctx, allow_extra_args=True)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     kwargs = {}
     for key, value in sub.params.items():
         key = RENAMED.get(key, key)
-        if key in fields and key not in TABLE_OWNED:
+        if key in fields and key not in skip:
             kwargs[key] = value.value if isinstance(value, enum.Enum) else str(value) if isinstance(value, Path) else value
-    return kwargs, sub.params.get("device"), sub.params.get("report_to") or "", [Path(a) for a in sub.args]
+    return sub, kwargs
 
 
 def _list_presets(order: str | None) -> None:
@@ -103,15 +110,20 @@ def table(
     runs: list[Path] = typer.Option(None, help="With --methods: where run directories go (default runs). Without: "
                                     "run directories, or folders of them, to build the table from (repeatable)."),
     out_dir: Path = typer.Option(None, "--out", help="Where table-<order>.md/.csv/.png go (default: the runs folder)."),
+    seed: str = typer.Option("0", help="Training seed of every run, or a comma-separated list (0,1,2): every preset "
+                             "is trained (or reused) once per seed, seed N > 0 in <run>-seedN as `gift demo --seed` "
+                             "names it, and each cell is mean ± std over the seeds -> table-<order>-seeds0-1-2.md."),
     list_presets: bool = typer.Option(False, "--list", help="List presets, aliases and groups, then exit."),
 ) -> None:
     if list_presets:
         with clean_errors():
             _list_presets(order)
         return
+    seeds = parse_seeds(seed)
     setup_logging()
     import torch
 
+    from pipeline.datasets.required import MissingDatasetsError, require_datasets
     from pipeline.tables import presets
     from pipeline.tables import table as tbl
     from pipeline.tracking import parse_report_to
@@ -143,10 +155,14 @@ def table(
                 base["runs"] = str(runs[-1])
             order = order or TrainConfig.order
             chosen = presets.resolve_presets(methods or presets.default_methods(order))
+            try:  # every run reads the same datasets: all the missing ones named once, not once per preset
+                require_datasets(order, base.get("data_root"))
+            except MissingDatasetsError as e:
+                raise ValueError(str(e)) from None
             train_fn = functools.partial(train, tracker=TrainTracking(reporters)) if reporters else train
             result = tbl.run_table(order, chosen, base,
                                    progress=_Progress(), device=torch.device(device) if device else None,
-                                   out_dir=out_dir, train_fn=train_fn)
+                                   out_dir=out_dir, train_fn=train_fn, seeds=seeds)
             result_table, files = result.table, result.files
             if result.reused:
                 out.print(f"reused finished runs: {', '.join(result.reused)}")

@@ -87,6 +87,7 @@ def train(
     import torch
 
     from pipeline.datasets.mtil import DatasetMissingError
+    from pipeline.datasets.required import MissingDatasetsError
     from pipeline.models import ClipNotFoundError
     from pipeline.tracking import parse_report_to
     from pipeline.training.config import TrainConfig
@@ -113,7 +114,7 @@ def train(
         try:
             run_dir = run_train(config, TrainProgress(), torch.device(device) if device else None,
                                 tracker=TrainTracking(reporters) if reporters else None)
-        except (ClipNotFoundError, DatasetMissingError, NonFiniteLossError) as e:
+        except (ClipNotFoundError, DatasetMissingError, MissingDatasetsError, NonFiniteLossError) as e:
             raise ValueError(str(e)) from e
     if os.environ.get("RANK", "0") == "0":
         out.print(f"[green]done[/]: {run_dir}/results.md")

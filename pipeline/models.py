@@ -16,6 +16,8 @@ from open_clip.transformer import text_global_pool
 from torch import nn
 from torchvision import transforms as T
 
+from pipeline.hub import download_command
+
 LOGIT_SCALE = 100.0
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -65,12 +67,25 @@ def load_clip(spec: ClipSpec, device: torch.device | str = "cpu") -> nn.Module:
 def _load_pretrained(spec: ClipSpec) -> nn.Module:
     if spec.weights in ("none", "random"):
         return open_clip.create_model(spec.arch, pretrained=None)
-    path = Path(spec.weights).expanduser()
-    if not path.is_file():
-        path = _cached_weights(spec)
+    path = clip_weights_file(spec)
     # OpenAI checkpoints need QuickGELU; open_clip applies it automatically only for the "openai" tag.
     quick_gelu = spec.weights == "openai" or "openai" in str(path).lower()
     return open_clip.create_model(spec.arch, pretrained=str(path), force_quick_gelu=quick_gelu)
+
+
+def clip_weights_file(spec: ClipSpec) -> Path:
+    """The file ``load_clip`` reads for ``spec`` (a checkpoint path, or a pretrained tag's file in the Hugging Face
+    cache); ``ClipNotFoundError`` naming the fix when it is not on this machine. Reads nothing but the cache index,
+    so `gift doctor` asks it too."""
+    if spec.arch == "tiny":
+        path = Path(spec.weights).expanduser()
+        if not path.is_file():
+            raise ClipNotFoundError(f"CLIP checkpoint {path} does not exist\nPass an existing checkpoint with "
+                                    "--clip-weights (the demo writes its tiny CLIP to "
+                                    "demo-out/tiny-clip-pretrained.safetensors: make demo)")
+        return path
+    path = Path(spec.weights).expanduser()
+    return path if path.is_file() else _cached_weights(spec)
 
 
 def _cached_weights(spec: ClipSpec) -> Path:
@@ -89,7 +104,7 @@ def _cached_weights(spec: ClipSpec) -> Path:
     raise ClipNotFoundError(
         f"CLIP weights {spec.arch}/{spec.weights} not found: searched the Hugging Face cache "
         f"{constants.HF_HUB_CACHE} for {repo!r}.\nProvide them: on a machine with network run "
-        f"`huggingface-cli download {repo}` (then copy the cache or set HF_HOME), or pass "
+        f"`{download_command(repo)}` (then copy the cache or set HF_HOME), or pass "
         "--clip-weights /path/to/open_clip_pytorch_model.bin."
     )
 

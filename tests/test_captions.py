@@ -157,7 +157,7 @@ def test_missing_captioner_says_what_was_searched(tmp_path):
     err = one_line(r.stderr)
     assert "BLIP captioner not found" in err and str(tmp_path / "hf") in err
     assert "'Salesforce/blip-image-captioning-base'" in err
-    assert "huggingface-cli download Salesforce/blip-image-captioning-base" in err and "--captioner" in err
+    assert "hf download Salesforce/blip-image-captioning-base" in err and "--captioner" in err
     assert not (tmp_path / "o").exists()
     # HF_HUB_OFFLINE wins over --download: the cache is searched, nothing is fetched.
     with pytest.raises(CaptionerNotFoundError, match="searched the Hugging Face cache") as e:

@@ -44,7 +44,7 @@ def test_spread_over_two_seeds_by_hand():
 def test_bad_seed_lists_are_refused_before_anything_runs(tmp_path):
     import typer
 
-    from cli.demo_cmd import parse_seeds
+    from cli.common import parse_seeds
 
     r = run_gift("demo", "--seed", "0,x", "--out", tmp_path / "demo")
     assert r.returncode == 2 and "--seed" in r.stderr and "comma-separated" in " ".join(r.stderr.split()), r.stderr

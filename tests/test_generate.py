@@ -292,5 +292,5 @@ def test_missing_sd15_weights_say_what_was_searched(tmp_path):
     assert r.returncode == 2
     err = " ".join(r.stderr.split())
     assert "Stable Diffusion weights not found" in err and str(tmp_path / "hf") in err
-    assert "huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5" in err
+    assert "hf download stable-diffusion-v1-5/stable-diffusion-v1-5" in err
     assert not list((tmp_path / "o").rglob("*.tar"))

@@ -241,6 +241,48 @@ def test_a_run_directory_of_another_config_is_a_failed_row_not_overwritten(tmp_p
     assert tbl.read_run(runs / "l2-ordermini")[0]["iterations"] == 5
 
 
+def test_seeds_train_their_own_runs_and_several_seeds_give_mean_and_std(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs, "finetune", A3)  # seed 0's finished run (as `gift train` / `gift demo` name it): reused
+    calls = []
+
+    def fake_train(config, progress, device):  # seed 1 learns L3, seed 2 fails
+        calls.append(config.run_name)
+        if config.seed == 2:
+            raise RuntimeError("out of memory")
+        run_dir = runs / config.run_name
+        run_dir.mkdir()
+        (run_dir / "config.json").write_text(json.dumps(asdict(config)))
+        (run_dir / "state.json").write_text(json.dumps({"finished": 3, "acc": L3, "checkpoint": None}))
+        return run_dir
+
+    one = tbl.run_table("mini", presets.resolve_presets("finetune"), {"runs": str(runs)}, train_fn=fake_train,
+                        seeds=[1])
+    assert calls == ["finetune-ordermini-seed1"]  # `gift demo --seed 1`'s name
+    md = one.files["md"].read_text(encoding="utf-8")
+    assert one.files["md"].name == "table-mini-seed1.md" and "seed 1" in md.splitlines()[0]
+    # seed 1's own numbers (L3: 46.0 / 66.0 / 75.0), not seed 0's beside them
+    assert table_row(md, "`finetune`")[2:5:2] == ["46.0", "66.0"] and table_row(md, "`finetune`")[-1] == "finished"
+    assert not (runs / "table-mini.md").exists()  # seed 0's table is not overwritten
+
+    calls.clear()
+    three = tbl.run_table("mini", presets.resolve_presets("finetune"), {"runs": str(runs)}, train_fn=fake_train,
+                          seeds=[0, 1, 2])
+    assert calls == ["finetune-ordermini-seed2"]  # seeds 0 and 1 reused
+    assert three.reused == ["finetune seed 0", "finetune seed 1"]
+    md = three.files["md"].read_text(encoding="utf-8")
+    assert three.files["md"].name == "table-mini-seeds0-1-2.md" and "mean ± std" in md.splitlines()[0]
+    # over A3 and L3: Avg (70.67 + 66.0) / 2 = 68.33, std 4.67 / sqrt 2 = 3.30; Last 81.33, std 12.67 / sqrt 2 = 8.96
+    row = table_row(md, "`finetune`")
+    assert row[4] == "68.3 ± 3.3" and row[6] == "81.3 ± 9.0"
+    assert row[-1] == "**failed**, 2 of 3 seeds" and "seed 2: out of memory" in md
+    csv_row = read_csv(three.files["csv"])["finetune"]
+    assert csv_row["transfer"] == "41.25" and csv_row["std_transfer"] == "6.72" and csv_row["seeds"] == "0 1 2"
+    # built from the folder (`gift table --runs DIR`): each seed's run a row of its own, named apart
+    assert [r.name for r in tbl.build_table("mini", tbl.find_runs(runs, "mini")).rows] == [
+        "finetune", "finetune-ordermini-seed1"]
+
+
 # --------------------------------------------------------------------------- `gift table` end to end
 
 
@@ -265,6 +307,14 @@ def test_gift_table_trains_then_reuses_and_builds_from_run_dirs(tmp_path, monkey
     assert r.returncode == 0, r.stderr
     assert "finished, reused" in r.stdout and "reused finished runs: finetune, l2" in r.stdout
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/*") if p.is_file()} == stamps
+
+    # Seeds 0 and 1: seed 0's run reused, seed 1's trained in its own directory, each cell mean ± std.
+    r = run_gift(*[a if a != "finetune,l2" else "finetune" for a in args], "--seed", "0,1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert tbl.read_run(runs / "finetune-ordermini-seed1")[0]["seed"] == 1
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("finetune-ordermini/*") if p.is_file()} == {
+        p: t for p, t in stamps.items() if p.parent.name == "finetune-ordermini"}
+    assert " ± " in table_row((runs / "table-mini-seeds0-1.md").read_text(encoding="utf-8"), "`finetune`")[4]
 
     # In process from here (no new interpreter): build-only from run directories, and bad input.
     from typer.testing import CliRunner

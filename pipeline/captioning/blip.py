@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from pipeline.generation.generators import ModelNotFoundError, offline
+from pipeline.hub import download_command
 
 from .tiny_blip import build_tiny_blip, tiny_revision
 
@@ -82,7 +83,7 @@ def _locate_hub(repo: str, revision: str | None, allow_download: bool) -> Captio
 
 def not_found(where: str, local_only: bool, cause: Exception | None) -> CaptionerNotFoundError:
     hint = ("Provide the weights: on a machine with network run "
-            f"`huggingface-cli download {BLIP_ID}` (then copy the cache, or set HF_HOME), "
+            f"`{download_command(BLIP_ID)}` (then copy the cache, or set HF_HOME), "
             "or pass --captioner /path/to/a/blip/directory")
     if not local_only:
         hint += "; the download itself failed"

@@ -122,6 +122,16 @@ def is_cil(order: str) -> bool:
     return order in cil_settings()
 
 
+def pool_tasks(order: str) -> list[str]:
+    """The stage-1 sets whose images the synthetic replay of ``order`` draws: MTIL, the base set (ImageNet, or
+    ``mini-base``) and every task but the last (the last task is never replayed); CIL, the setting's base names and
+    its dataset's set. Training (``Protocol.pool_sets``) and ``gift generate --order`` both read this list."""
+    if is_cil(order):
+        setting = get_setting(order)
+        return [setting.base, setting.pool_task]
+    return [BASE_POOL[order], *get_order(order)[:-1]]
+
+
 def expected_draws(task: str, order: list[str], budget: int = SYNTHETIC_BUDGET, base: str = IMAGENET) -> float:
     """Expected number of times one class of ``task`` is drawn as a synthetic prompt over ``order``.
 

@@ -189,8 +189,19 @@ class StepSplit(Dataset):
         return self.base[self.indices[i]][0], self.labels[i]
 
 
-def check(root: str | Path) -> list[CheckResult]:
-    """Inspect the CIFAR10 and TinyImageNet folders under ``root`` (CIFAR100 is MTIL's folder, which
-    ``mtil.check`` reports): found / missing / broken with image counts per split (TinyImageNet's test = val)."""
+def check(root: str | Path, names: Sequence[str] = ("cifar10", "tinyimagenet")) -> list[CheckResult]:
+    """Inspect the CIFAR10 and TinyImageNet folders (or those of ``names``) under ``root`` (CIFAR100 is MTIL's
+    folder, which ``mtil.check`` reports): found / missing / broken with image counts per split (TinyImageNet's
+    test = val)."""
     root = Path(root).expanduser()
-    return [check_one(name, root, _SOURCES[name], load_split) for name in ("cifar10", "tinyimagenet")]
+    return [check_one(name, root, _SOURCES[name], load_split) for name in names]
+
+
+def folder(name: str) -> str:
+    """The dataset's folder under the data root (torchvision's)."""
+    return _source(name).folder
+
+
+def official_counts(name: str) -> tuple[int, int]:
+    """(train, test) images of the dataset's complete release."""
+    return _source(name).official

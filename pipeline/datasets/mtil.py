@@ -585,6 +585,16 @@ def _count_note(official: tuple[int, int] | None, counts: dict[str, int]) -> str
     return f"counts differ from the complete release ({expected})"
 
 
+def folder(name: str) -> str:
+    """The dataset's folder under the data root (torchvision's)."""
+    return _source(name).folder
+
+
+def official_counts(name: str) -> tuple[int, int] | None:
+    """(train, test) images of the dataset's complete release (None where there is no official split)."""
+    return _source(name).official
+
+
 def check(root: str | Path, names: Sequence[str] = MTIL_DATASETS) -> list[CheckResult]:
     """Inspect every MTIL dataset (or those of ``names``) under ``root``: found / missing / broken, with image counts
     per split.

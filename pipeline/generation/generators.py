@@ -21,6 +21,8 @@ from typing import Protocol
 import torch
 from PIL import Image
 
+from pipeline.hub import download_command
+
 SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SCHEDULERS = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "dpm-solver": "DPMSolverMultistepScheduler"}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -128,10 +130,54 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
 
 
+def sd15_not_found(where: str, local_only: bool, cause: Exception | None = None) -> ModelNotFoundError:
+    """The error for SD weights missing from ``where``, with the command that provides them."""
+    hint = (
+        "Provide the weights: on a machine with network run "
+        f"`{download_command(SD15_ID)}` (then copy the cache, or set HF_HOME), "
+        "or pass --model /path/to/a/diffusers/directory"
+    )
+    if not local_only:
+        hint += "; the download itself failed"
+    elif not offline():
+        hint += ", or allow a download with --download"
+    detail = f"\n({type(cause).__name__}: {cause})" if cause is not None else ""
+    return ModelNotFoundError(f"Stable Diffusion weights not found: searched {where}.\n{hint}.{detail}")
+
+
+def _sd15_where(model: str, revision: str | None) -> str:
+    if Path(model).expanduser().is_dir():
+        return (f"the local directory {Path(model).expanduser()} (it must hold a diffusers layout: model_index.json, "
+                "unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
+    from huggingface_hub import constants
+
+    return f"the Hugging Face cache {constants.HF_HUB_CACHE} for {model!r} (revision {revision or 'main'})"
+
+
+def locate_sd15(model: str = SD15_ID, revision: str | None = None) -> Path:
+    """The local diffusers folder ``load_sd15`` would read (a directory, or the cached snapshot of a Hub id), without
+    loading it: ``ModelNotFoundError`` when its ``model_index.json`` or a component's weights are absent."""
+    from huggingface_hub import snapshot_download
+
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        try:
+            folder = Path(snapshot_download(model, revision=revision, local_files_only=True))
+        except Exception as e:  # not cached (LocalEntryNotFoundError), a malformed id: both "not here"
+            raise sd15_not_found(_sd15_where(model, revision), True, e) from e
+    index = folder / "model_index.json"
+    components = ("unet", "vae", "text_encoder")
+    weights = (".safetensors", ".bin")
+    lacking = [c for c in components if not any(p.suffix in weights for p in (folder / c).glob("*"))]
+    if not index.is_file() or lacking:
+        what = "model_index.json" if not index.is_file() else f"weights of {', '.join(lacking)}"
+        raise sd15_not_found(f"{_sd15_where(model, revision)}: {folder} lacks {what}", True)
+    return folder
+
+
 def load_sd15(model: str, *, revision: str | None, dtype: str, safety_checker: bool, allow_download: bool):
     """SD v1.5 from a local diffusers directory or the Hugging Face cache; a clear error if absent."""
     from diffusers import StableDiffusionPipeline
-    from huggingface_hub import constants
 
     local_only = offline() or not allow_download
     # `dtype`, not `torch_dtype`: diffusers 0.40 renamed it (the old name still works, with a FutureWarning).
@@ -142,20 +188,7 @@ def load_sd15(model: str, *, revision: str | None, dtype: str, safety_checker: b
     try:
         return StableDiffusionPipeline.from_pretrained(str(Path(model).expanduser()) if is_dir else model, **kwargs)
     except (OSError, ValueError) as e:
-        if is_dir:
-            where = f"the local directory {Path(model).expanduser()} (it must hold a diffusers layout: model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
-        else:
-            where = f"the Hugging Face cache {constants.HF_HUB_CACHE} for {model!r} (revision {revision or 'main'})"
-        hint = (
-            "Provide the weights: on a machine with network run "
-            f"`huggingface-cli download {SD15_ID}` (then copy the cache, or set HF_HOME), "
-            "or pass --model /path/to/a/diffusers/directory"
-        )
-        if not local_only:
-            hint += "; the download itself failed"
-        elif not offline():
-            hint += ", or allow a download with --download"
-        raise ModelNotFoundError(f"Stable Diffusion weights not found: searched {where}.\n{hint}.\n({type(e).__name__}: {e})") from e
+        raise sd15_not_found(_sd15_where(model, revision), local_only, e) from e
 
 
 class ReferenceGenerator:

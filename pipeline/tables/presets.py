@@ -85,12 +85,16 @@ class Preset:
     def plain(self) -> bool:
         return not self.overrides
 
-    def run_name(self, order: str) -> str | None:
-        """``name=`` for TrainConfig: ``None`` (= ``<method>-order<order>``) for a plain method, else ``<preset>-order<order>``."""
+    def run_name(self, order: str, seed: int = 0) -> str | None:
+        """``name=`` for TrainConfig: ``None`` (= ``<method>-order<order>``) for a plain method, else
+        ``<preset>-order<order>``; seed N > 0 appends ``-seedN`` (as `gift demo --seed` names its runs), so every
+        seed has its own run directory and seed 0 keeps the name `gift train` gives."""
+        if seed:
+            return f"{self.name}-order{order}-seed{seed}"
         return None if self.plain else f"{self.name}-order{order}"
 
-    def dir_name(self, order: str) -> str:
-        return self.run_name(order) or f"{self.method}-order{order}"
+    def dir_name(self, order: str, seed: int = 0) -> str:
+        return self.run_name(order, seed) or f"{self.method}-order{order}"
 
     def label_for(self, order: str) -> str:
         """The paper's row name on ``order`` (Tab. 7 / 8 name the CLIP rows their own way)."""
@@ -259,7 +263,7 @@ def config_for(preset: Preset, order: str, base: Mapping[str, object]) -> TrainC
     if unknown:
         raise ValueError(f"not TrainConfig fields: {', '.join(unknown)}")
     overrides = {k: v.resolve(base) if isinstance(v, ShardFamily) else v for k, v in preset.overrides.items()}
-    return TrainConfig(**{**base, **overrides, "order": order, "method": preset.method, "name": preset.run_name(order)})
+    return TrainConfig(**{**base, **overrides, "order": order, "method": preset.method, "name": preset.run_name(order, int(base.get("seed") or 0))})
 
 
 # --------------------------------------------------------------------------- which preset a run directory holds
@@ -303,11 +307,17 @@ def preset_matches(preset: Preset, cfg: Mapping[str, object]) -> bool:
     return cfg.get("method") == preset.method and _agrees(preset, cfg, _identity_keys(preset))
 
 
+def run_stem(name: str) -> str:
+    """A run directory's preset part: ``gift-cd`` of ``gift-cd-orderII-seed1`` (no preset name holds ``-order``;
+    order names may hold ``-``: ``mini-cil``)."""
+    return re.sub(r"-order.*$", "", name)
+
+
 def identify(run_dir: Path, cfg: Mapping[str, object]) -> Preset | None:
     """The preset a run directory holds: by its name ``<preset>-order<order>`` when the config agrees, else the
     most specific preset whose options the config has."""
     registry = all_presets()
-    stem = re.sub(r"-order[^-]+$", "", run_dir.name)
+    stem = run_stem(run_dir.name)
     stem = ALIASES.get(stem, stem)
     if stem in registry and preset_matches(registry[stem], cfg):
         return registry[stem]

@@ -23,9 +23,8 @@ import io
 import json
 import logging
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +34,13 @@ from pipeline.datasets import catalog
 from pipeline.evaluation import report
 from pipeline.evaluation.cil_report import CLIP_ROWS, describe, published_cil
 from pipeline.evaluation.metrics import CilSummary, Summary, summarize, summarize_cil
+from pipeline.evaluation.spread import mean_std
 from pipeline.methods import METHODS, Kept
 from pipeline.training.config import TrainConfig
-from pipeline.training.rundir import prepare_run_dir
+from pipeline.training.rundir import RunDirError, prepare_run_dir
 from pipeline.training.train import Progress, train
 
-from .presets import MOE_ADAPTER, Preset, Triple, all_presets, config_for, identify, published_for
+from .presets import MOE_ADAPTER, Preset, Triple, all_presets, config_for, identify, published_for, run_stem
 
 log = logging.getLogger("gift.table")
 
@@ -64,10 +64,23 @@ class Row:
     source: str = ""
     error: str | None = None
     kept: Kept | None = None  # the memory of task data the run keeps (its method's ``kept``)
+    # A row over several seeds (``gift table --seed 0,1,2``): (Transfer, Avg., Last) of each seed's finished run;
+    # the row's values are their mean, ``std`` their sample standard deviation.
+    seeds: tuple[int, ...] = ()
+    seed_values: list[Triple] = field(default_factory=list)
 
     @property
     def values(self) -> Triple | None:
+        if self.seeds:
+            return tuple(mean_std([v[m] for v in self.seed_values])[0] for m in range(3)) if self.seed_values else None
         return None if self.summary is None else (self.summary.transfer, self.summary.avg, self.summary.last)
+
+    @property
+    def std(self) -> Triple | None:
+        """Per metric, the standard deviation over the seeds (``None`` for a single run)."""
+        if not self.seeds or not self.seed_values:
+            return None
+        return tuple(mean_std([v[m] for v in self.seed_values])[1] for m in range(3))
 
     @property
     def partial(self) -> bool:
@@ -85,7 +98,8 @@ class Row:
     @property
     def status_text(self) -> str:
         done = f" ({self.finished}/{self.tasks} tasks)" if self.finished < self.tasks and self.finished else ""
-        return ("**failed**" if self.error else self.status) + done
+        over = f", {len(self.seed_values)} of {len(self.seeds)} seeds" if self.seeds else ""
+        return ("**failed**" if self.error else self.status) + done + over
 
     def differs(self) -> tuple[bool, ...]:
         """Per metric, whether ours (1 decimal, as shown) is more than ``report.TOLERANCE`` from the published.
@@ -102,6 +116,15 @@ class Table:
     order: str
     datasets: list[str]
     rows: list[Row]
+    seeds: tuple[int, ...] = (0,)  # the training seeds of the runs (several: every cell is mean ± std over them)
+
+    @property
+    def stem(self) -> str:
+        """The files' name: ``table-<order>`` for seed 0 (what `gift table` always wrote), ``table-<order>-seed1``,
+        ``table-<order>-seeds0-1-2``."""
+        if self.seeds == (0,):
+            return f"table-{self.order}"
+        return f"table-{self.order}-seed{'s' if len(self.seeds) > 1 else ''}{'-'.join(map(str, self.seeds))}"
 
     @property
     def cil(self) -> bool:
@@ -143,16 +166,17 @@ def read_run(run_dir: Path) -> tuple[dict, dict]:
 
 
 def build_table(order: str, run_dirs: Sequence[Path], *, errors: Mapping[Path, str] | None = None,
-                presets: Mapping[Path, Preset] | None = None) -> Table:
+                presets: Mapping[Path, Preset] | None = None, foreign: Sequence[Path] = ()) -> Table:
     """One row per run directory, in the given order. ``errors``: run directory -> why it failed (its row is kept,
     with whatever tasks it finished); ``presets``: run directory -> the preset it was run as (else identified from
-    its name and config). A directory that does not exist gives an empty row (it must then have an error)."""
+    its name and config). A directory that does not exist, or is in ``foreign`` (it holds a run of another
+    configuration, whose numbers are not this row's), gives an empty row (it must then have an error)."""
     datasets = catalog.get_order(order)
     errors, presets = errors or {}, presets or {}
     rows = []
     for run_dir in map(Path, run_dirs):
         error = errors.get(run_dir)
-        if not (run_dir / "config.json").exists():
+        if not (run_dir / "config.json").exists() or run_dir in foreign:
             if error is None:
                 raise ValueError(f"{run_dir} is not a run directory (no config.json)")
             preset = presets.get(run_dir)
@@ -166,8 +190,9 @@ def build_table(order: str, run_dirs: Sequence[Path], *, errors: Mapping[Path, s
         preset = presets.get(run_dir) or identify(run_dir, cfg)
         rows_acc = [[math.nan if v is None else v for v in r] for r in state["acc"]]  # CIL: null above the diagonal
         acc = np.array(rows_acc, dtype=float).reshape(len(rows_acc), len(datasets))
-        # A row is named after its preset when its directory is the preset's, else after the directory.
-        name = preset.name if preset and run_dir.name == preset.dir_name(order) else run_dir.name
+        # A row is named after its preset when it was run as that preset or its directory is the preset's (seed 0),
+        # else after the directory (a table built from folders that hold several seeds' runs names each apart).
+        name = preset.name if preset and (run_dir in presets or run_dir.name == preset.dir_name(order)) else run_dir.name
         row = Row(name, preset.label_for(order) if preset else "", run_dir, cfg["method"], len(datasets),
                   finished=len(acc), preset=preset.name if preset else "", published=published_for(preset, cfg),
                   source=preset.source_for(order) if preset else "", error=error)
@@ -185,7 +210,7 @@ def find_runs(root: Path, order: str | None = None) -> list[Path]:
     if order is not None:
         found = [p for p in found if json.loads((p / "config.json").read_text()).get("order") == order]
     rank = {name: i for i, name in enumerate(all_presets())}
-    return sorted(found, key=lambda p: (rank.get(re.sub(r"-order[^-]+$", "", p.name), len(rank)), p.name))
+    return sorted(found, key=lambda p: (rank.get(run_stem(p.name), len(rank)), p.name))
 
 
 # --------------------------------------------------------------------------- outputs
@@ -197,6 +222,11 @@ def _num(v: float | None) -> str:
 
 def _csv_num(v: float | None, digits: int) -> str:
     return "" if v is None or math.isnan(v) else f"{v:.{digits}f}"
+
+
+def _cell(v: float | None, std: float | None) -> str:
+    """``85.4``, or ``85.4 ± 1.2`` over several seeds."""
+    return _num(v) if std is None or v is None or math.isnan(v) else f"{v:.1f} ± {std:.1f}"
 
 
 def _signed(v: float | None) -> str:
@@ -227,9 +257,10 @@ def table_markdown(table: Table) -> str:
         values = row.values or (None, None, None)
         delta = table.delta(row) or (None, None, None)
         published = row.published or (None, None, None)
+        std = row.std or (None, None, None)
         cells = [f"`{row.name}`", row.label or report.DASH]
         for m in table.metrics:
-            cells.append(_num(values[m]) + (f" {MARK}" if row.differs()[m] else ""))
+            cells.append(_cell(values[m], std[m]) + (f" {MARK}" if row.differs()[m] else ""))
             if show_paper:  # the paper's own precision: 2 decimals in Tab. 7 / 8
                 cells.append(_csv_num(published[m], 2) or report.DASH if table.cil else _num(published[m]))
             if delta_column:
@@ -244,8 +275,16 @@ def table_markdown(table: Table) -> str:
     else:
         title = f"Order {table.order}" if table.order in ("I", "II") else f"order {table.order}"
         lines = [f"# Comparison, {title} ({len(table.datasets)} tasks: {', '.join(table.datasets)})", ""]
+    if len(table.seeds) > 1:
+        lines[0] += f", seeds {', '.join(map(str, table.seeds))}: mean ± std"
+    elif table.seeds != (0,):
+        lines[0] += f", seed {table.seeds[0]}"
     lines += report._md_table(header, lines_rows)
     lines += [""]
+    if len(table.seeds) > 1:
+        lines.append(f"Each number: mean ± sample standard deviation over the finished runs of seeds "
+                     f"{', '.join(map(str, table.seeds))} (one run directory per seed, `-seedN` after the name for N > 0); "
+                     "Δ l2 is taken between the means.")
     base = table.baseline
     if delta_column:
         lines.append(f"Δ l2 = ours − our `l2` row (`{base.name}`)." if base else "Δ l2: no `l2` run in this table.")
@@ -290,11 +329,13 @@ def published_only_lines(order: str) -> list[str]:
 
 CSV_HEADER = ["method", "preset", "paper_row", "run_dir", "status", "finished", "tasks", "transfer", "avg", "last",
               "delta_transfer", "delta_avg", "delta_last", "published_transfer", "published_avg", "published_last",
-              "differs_transfer", "differs_avg", "differs_last", "source", "error", "memory_bytes", "memory"]
+              "differs_transfer", "differs_avg", "differs_last", "source", "error", "memory_bytes", "memory",
+              "seeds", "std_transfer", "std_avg", "std_last"]
 
 
 def table_csv(table: Table) -> str:
-    """One line per row; numbers with 2 decimals (published: 1), empty where there is none."""
+    """One line per row; numbers with 2 decimals (published: 1), empty where there is none; over several seeds the
+    numbers are means, ``seeds`` lists the seeds whose finished runs they average and ``std_*`` their spread."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_HEADER)
@@ -310,7 +351,8 @@ def table_csv(table: Table) -> str:
                          *((str(d).lower() if has_pub else "") for d in row.differs()),
                          row.source, row.error or "",
                          "" if row.kept is None or row.kept.bytes is None else row.kept.bytes,
-                         "" if row.kept is None else row.kept.what])
+                         "" if row.kept is None else row.kept.what,
+                         " ".join(map(str, row.seeds)), *(_csv_num(v, 2) for v in (row.std or (None,) * 3))])
     return buf.getvalue()
 
 
@@ -352,11 +394,11 @@ def table_figure(table: Table):
 
 
 def write_table(table: Table, out_dir: Path) -> dict[str, Path]:
-    """``table-<order>.md`` / ``.csv`` / ``.png`` in ``out_dir``, each written to a temporary name and renamed (the
+    """``<table.stem>.md`` / ``.csv`` / ``.png`` in ``out_dir`` (``table-<order>`` for seed 0), each written to a temporary name and renamed (the
     table is derived data: a rerun replaces it, never leaving a half-written file)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"table-{table.order}"
+    stem = out_dir / table.stem
     return {
         "md": report._atomic_write_text(stem.with_suffix(".md"), table_markdown(table)),
         "csv": report._atomic_write_text(stem.with_suffix(".csv"), table_csv(table)),
@@ -383,36 +425,61 @@ class TableResult:
 
 
 def run_table(order: str, presets: Sequence[Preset], base: Mapping[str, object], *,
-              progress: TableProgress | None = None, device=None, out_dir: Path | None = None, train_fn: Callable[..., Path] = train) -> TableResult:
-    """Train (or resume) every preset without a finished run, then build and write the table into ``out_dir``
-    (default: the runs folder, ``base['runs']``).
+              progress: TableProgress | None = None, device=None, out_dir: Path | None = None,
+              train_fn: Callable[..., Path] = train, seeds: Sequence[int] = (0,)) -> TableResult:
+    """Train (or resume) every preset without a finished run, once per seed in ``seeds`` (seed N > 0 in its own run
+    directory, ``Preset.dir_name``), then build and write the table into ``out_dir`` (default: the runs folder,
+    ``base['runs']``): one seed's numbers, or each cell as mean ± std over the seeds.
 
     A preset that fails (missing method or field, data, weights, a non-finite loss, ...) is recorded in its row and
     the others go on; ``TableResult.table.failed`` lists them. Ctrl-C stops everything (the runs resume later).
     """
     progress = progress or TableProgress()
-    catalog.get_order(order)  # a bad order fails before anything runs
+    steps = len(catalog.get_order(order))  # a bad order fails before anything runs
     runs_root = Path(str(base.get("runs") or TrainConfig.runs))
-    run_dirs, errors, by_dir, trained, reused = [], {}, {}, [], []
-    for index, preset in enumerate(presets):
-        run_dir = runs_root / preset.dir_name(order)
-        run_dirs.append(run_dir)
-        by_dir[run_dir] = preset
-        try:
-            config = config_for(preset, order, {**base, "runs": str(runs_root)})
-            state = prepare_run_dir(config)[1] if (run_dir / "config.json").exists() else {"finished": 0}
-            if state["finished"] == len(catalog.get_order(order)):
-                progress.preset(index, len(presets), preset, run_dir, "finished, reused")
-                reused.append(preset.name)
-                continue
-            progress.preset(index, len(presets), preset, run_dir,
-                            f"resuming after task {state['finished']}" if state["finished"] else "training")
-            train_fn(config, progress, device)
-            trained.append(preset.name)
-        except Exception as e:  # noqa: BLE001 -- one preset's failure must not stop the others
-            message = str(e) or type(e).__name__
-            log.debug("preset %s failed", preset.name, exc_info=True)
-            progress.failed(preset, message)
-            errors[run_dir] = message
-    table = build_table(order, run_dirs, errors=errors, presets=by_dir)
+    tables, trained, reused = [], [], []
+    for seed in seeds:
+        run_dirs, errors, by_dir, foreign = [], {}, {}, []
+        for index, preset in enumerate(presets):
+            run_dir = runs_root / preset.dir_name(order, seed)
+            run_dirs.append(run_dir)
+            by_dir[run_dir] = preset
+            label = preset.name if len(seeds) == 1 else f"{preset.name} seed {seed}"
+            try:
+                config = config_for(preset, order, {**base, "runs": str(runs_root), "seed": seed})
+                state = prepare_run_dir(config)[1] if (run_dir / "config.json").exists() else {"finished": 0}
+                if state["finished"] == steps:
+                    progress.preset(index, len(presets), preset, run_dir, "finished, reused")
+                    reused.append(label)
+                    continue
+                progress.preset(index, len(presets), preset, run_dir,
+                                f"resuming after task {state['finished']}" if state["finished"] else "training")
+                train_fn(config, progress, device)
+                trained.append(label)
+            except Exception as e:  # noqa: BLE001 -- one preset's failure must not stop the others
+                message = str(e) or type(e).__name__
+                log.debug("preset %s failed", preset.name, exc_info=True)
+                progress.failed(preset, message)
+                errors[run_dir] = message
+                if isinstance(e, RunDirError):  # the directory holds another configuration's run: not this row's
+                    foreign.append(run_dir)
+        tables.append(build_table(order, run_dirs, errors=errors, presets=by_dir, foreign=foreign))
+    table = tables[0] if len(tables) == 1 else merge_seeds(tables, seeds)
+    table.seeds = tuple(seeds)
     return TableResult(table, write_table(table, out_dir or runs_root), trained, reused)
+
+
+def merge_seeds(tables: Sequence[Table], seeds: Sequence[int]) -> Table:
+    """One table over several seeds from one table per seed (same presets, same row order): a row's numbers are the
+    mean over its finished runs (``Row.seed_values``), its status the least finished seed's, its error every failed
+    seed's. Partial runs are left out of the mean (their numbers cover fewer tasks)."""
+    rows = []
+    for per_seed in zip(*(t.rows for t in tables), strict=True):
+        first = per_seed[0]
+        finished = [r for r in per_seed if r.values is not None and r.finished == r.tasks]
+        errors = [f"seed {s}: {r.error}" for s, r in zip(seeds, per_seed, strict=True) if r.error]
+        rows.append(Row(first.name, first.label, first.run_dir, first.method, first.tasks,
+                        finished=min(r.finished for r in per_seed), preset=first.preset,
+                        published=first.published, source=first.source, error="; ".join(errors) or None,
+                        kept=first.kept, seeds=tuple(seeds), seed_values=[r.values for r in finished]))
+    return Table(tables[0].order, tables[0].datasets, rows, tuple(seeds))

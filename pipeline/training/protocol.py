@@ -106,7 +106,7 @@ class MtilProtocol(Protocol):
         self.name = config.order
         self.steps = catalog.get_order(config.order)
         self.base = catalog.BASE_POOL[config.order]
-        self.pool_sets = [self.base, *self.steps[:-1]]
+        self.pool_sets = catalog.pool_tasks(config.order)
         self.in_memory = all(t in catalog.MINI_TASKS for t in self.steps)
 
     def task(self, step: str) -> Task:
@@ -149,7 +149,7 @@ class CilProtocol(Protocol):
         self.setting = catalog.get_setting(config.order, config.class_order)
         self.name = self.setting.name
         self.steps = self.setting.step_names
-        self.pool_sets = [self.setting.base, self.setting.pool_task]
+        self.pool_sets = catalog.pool_tasks(config.order)  # base and pool set do not depend on the class order
         self._tasks = {name: self.setting.task(k) for k, name in enumerate(self.steps)}
         self.in_memory = self.setting.dataset in catalog.MINI_TASKS
 

@@ -32,6 +32,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.clts.run import run_clts
+from pipeline.datasets.required import require_datasets
 from pipeline.dist import Dist
 from pipeline.methods import TaskContext, get_method
 from pipeline.methods.base import student_features
@@ -112,6 +113,7 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
     if method_cls.loop != "finetune":
         return LOOPS[method_cls.loop](config, progress, device, tracker)
     protocol = protocol_for(config)
+    require_datasets(config.order, config.data_root)  # every missing dataset named at once, before anything loads
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"unknown precision {config.precision!r}; choose fp32 or bf16")
     if config.workers is not None and config.workers < 0:
@@ -166,7 +168,13 @@ def _pool_sets(config: TrainConfig, pool: list[str]) -> tuple[dict[str, Path], d
     """The pool's sets by task, and (``--replay-captions``) the caption renders the earlier tasks' sets are."""
     if not config.replay_captions:
         root = _shards_root(config, pool)
-        return find_pool_sets(root, pool, config.shard_family, config.replay_generator), {}
+        try:
+            return find_pool_sets(root, pool, config.shard_family, config.replay_generator), {}
+        except ShardSetError as e:
+            if not str(e).startswith("no shard set"):
+                raise
+            raise ShardSetError(f"{e}; or the order's whole pool at once: gift generate --order {config.order} --out "
+                                f"{root} (`gift doctor --order {config.order}` lists every set)") from None
     from shards.store import is_url
 
     if is_url(config.shards):
