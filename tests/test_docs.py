@@ -193,7 +193,7 @@ def check_command(line: str) -> None:
         done = subprocess.run(["make", "-n", "--no-print-directory", *words[1:]], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, f"`{line}`: make -n failed: {done.stderr.strip()}"
-        expanded = [parts[1:] for parts in map(shlex.split, done.stdout.splitlines()) if parts and parts[0].endswith("/gift")]
+        expanded = [parts[1:] for parts in map(shlex.split, done.stdout.replace("\\\n", " ").splitlines()) if parts and parts[0].endswith("/gift")]
         for args in expanded:
             parse_gift(args)
         for var, _, value in (w.partition("=") for w in words[1:] if "=" in w):
