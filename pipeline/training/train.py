@@ -31,21 +31,21 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.clts.run import run_clts
 from pipeline.dist import Dist
 from pipeline.methods import TaskContext, get_method
 from pipeline.methods.base import student_features
 from pipeline.models import ClipFeatures, ClipSpec, eval_resize, image_size, load_clip, train_transform
 from pipeline.models import tokenizer as clip_tokenizer
+from pipeline.replay.captioned import CaptionRenders, caption_pool_sets, write_captions_record
+from pipeline.replay.streams import ImageStream
+from pipeline.replay.synthetic import find_pool_sets
 from shards.errors import ShardSetError
 
-from .captioned import CaptionRenders, caption_pool_sets, write_captions_record
+from .clts_run import run_clts
 from .config import TrainConfig, loader_workers, lr_at
 from .protocol import Protocol, protocol_for
-from .replay import ImageStream
 from .rundir import finish_task, prepare_run_dir, run_log
 from .step import LossLog, run_step
-from .synthetic import find_pool_sets
 
 log = logging.getLogger("gift.train")
 # The loops of methods that do not fine-tune CLIP (``Method.loop``), each reusing the run directory, resume, report,
@@ -86,10 +86,9 @@ def _seed(config: TrainConfig, index: int) -> torch.Generator:
 
 def _shards_root(config: TrainConfig, pool: list[str]) -> Path:
     """The local root of the pool's sets: ``--shards`` itself, or the cache a store URL is fetched into once."""
+    from pipeline.replay.synthetic import spec_filter
     from shards.pull import pool_from_store
     from shards.store import is_url
-
-    from .synthetic import spec_filter
 
     if not is_url(config.shards):
         return Path(config.shards)
@@ -133,7 +132,7 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
     try:
         dist.check_shared(Path(config.runs), "--runs", "rank 0 writes the run directory, every rank reads it")
         if method_cls.uses_synthetic:
-            from .synthetic import class_images, draw_schedule, verify_pool
+            from pipeline.replay.synthetic import class_images, draw_schedule, verify_pool
 
             pool = protocol.pool_sets
             # Rank 0 fetches (from a store) and verifies once; the others then read the same sets. A rank that
@@ -219,7 +218,7 @@ def _run(config, dist, progress, device, method_cls, protocol: Protocol, dataset
                 if method.trains:
                     synth = None
                     if schedule is not None:
-                        from .synthetic import load_draw
+                        from pipeline.replay.synthetic import load_draw
 
                         synth = load_draw(sets, schedule[index], eval_resize(size), tokenize)
                     _train_task(config, protocol, index, task, model, student, dist, initial_state, method, datasets,
