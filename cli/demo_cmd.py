@@ -55,6 +55,7 @@ def demo(
     from pipeline.models import ClipSpec
     from pipeline.tables.table import kept_text
     from pipeline.training.config import TrainConfig
+    from pipeline.training.pretrain import pretrain_tiny_clip
     from pipeline.training.train import train as run_train
     from shards.captions import load_caption_set
     from shards.preview import contact_sheet
@@ -85,7 +86,7 @@ def demo(
         # Stage 2: a tiny CLIP "pre-trained" on mini-base (shared by every seed, like the renders), then continual
         # fine-tuning over mini-a, -b, -c once per method and seed; then class-incremental mini-cil (the ten digits in
         # 5 steps of 2, one head over every seen class after each step, its own per-setting schedule).
-        weights = mini.pretrain_tiny_clip(out_dir / "tiny-clip-pretrained.safetensors")
+        weights = pretrain_tiny_clip(out_dir / "tiny-clip-pretrained.safetensors")
         # CLTS's stage 1, shared by every seed: caption the digits (tiny BLIP, 10 k-means medoids per class), render 4
         # images per caption (real held-out digits of the caption's class).
         captions = load_caption_set(caption_task("mini-digits", out_dir / "captions", captioner="tiny",

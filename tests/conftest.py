@@ -47,6 +47,7 @@ def workspace(tmp_path_factory):
 
     from pipeline.datasets import mini
     from pipeline.generation.generate import generate, resolve_spec
+    from pipeline.training.pretrain import pretrain_tiny_clip
 
     CPU = torch.device("cpu")
     root = tmp_path_factory.mktemp("mini")
@@ -54,7 +55,7 @@ def workspace(tmp_path_factory):
     for task in ("mini-base", "mini-a", "mini-b", "mini-cil-base", "mini-digits"):  # MTIL mini, then CIL mini-cil
         spec = resolve_spec(task, model=f"reference:{reference}", per_class=16, size=32, device=CPU)
         generate(spec, root / "shards", device=CPU)
-    weights = mini.pretrain_tiny_clip(root / "tiny-clip.safetensors")
+    weights = pretrain_tiny_clip(root / "tiny-clip.safetensors")
     return root, weights
 
 

@@ -25,7 +25,7 @@ from pipeline.captioning.tiny_blip import SPECIALS, build_tiny_blip, build_tiny_
 from pipeline.datasets import mini
 from pipeline.generation.generate import generate, resolve_spec
 from pipeline.models import ClipSpec, load_clip
-from pipeline.training.synthetic import find_pool_sets, spec_filter
+from pipeline.replay.synthetic import find_pool_sets, spec_filter
 from shards.captions import load_caption_set
 from shards.errors import CorruptShardError, ShardSetError
 from shards.layout import parquet_path, spec_hash, tar_path

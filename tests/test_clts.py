@@ -21,9 +21,9 @@ from pipeline.clts.memory import human, memory_rows
 from pipeline.datasets import catalog
 from pipeline.generation.generate import generate, resolve_spec
 from pipeline.methods import METHODS
+from pipeline.replay.captioned import find_renders, write_captions_record
 from pipeline.tables import presets
 from pipeline.tables import table as tbl
-from pipeline.training.captioned import find_renders, write_captions_record
 from pipeline.training.config import TrainConfig
 from pipeline.training.train import Progress, train
 from shards.captions import load_caption_set

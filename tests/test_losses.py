@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.training import losses
+from pipeline import losses
 
 f64 = torch.float64
 

@@ -16,9 +16,9 @@ from pipeline.methods.lwf import EOT, SOT, distill_on_teacher_texts, frozen_copy
 from pipeline.methods.wise_ft import interpolate_
 from pipeline.methods.zscl import ZSCL, Ensemble
 from pipeline.models import ClipSpec, encode_images, load_clip, tokenizer
+from pipeline.replay.streams import SyntheticStream
+from pipeline.replay.synthetic import SyntheticBatchSource
 from pipeline.training.config import TrainConfig
-from pipeline.training.replay import SyntheticStream
-from pipeline.training.synthetic import SyntheticBatchSource
 from pipeline.training.train import train
 from tests.conftest import cli_args, mini_config, run_gift
 

@@ -8,10 +8,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from pipeline.methods import TaskContext
 from pipeline.methods.gift import Gift
 from pipeline.models import ClipSpec, load_clip, tokenizer
+from pipeline.replay.streams import SynthBatch, SyntheticStream
+from pipeline.replay.synthetic import SyntheticBatchSource
 from pipeline.training.config import TrainConfig
-from pipeline.training.replay import SynthBatch, SyntheticStream
 from pipeline.training.step import LossLog, NonFiniteLossError, run_step
-from pipeline.training.synthetic import SyntheticBatchSource
 
 CPU = torch.device("cpu")
 # Ops that copy a device value to the host (a GPU synchronisation) or make a tensor from host data.

@@ -182,7 +182,7 @@ def test_missing_field_or_method_fails_at_run_time_with_a_clear_error():
 def test_shard_family_selector(tmp_path):
     from pipeline.datasets import mini
     from pipeline.generation.generate import generate, resolve_spec
-    from pipeline.training.synthetic import spec_family
+    from pipeline.replay.synthetic import spec_family
     from shards.manifest import load_manifest
 
     # a one-image-per-class `reference` set of mini-base stands in for a pool set

@@ -19,10 +19,10 @@ from pipeline.methods.ewc import EWC
 from pipeline.methods.gift import Gift
 from pipeline.methods.zscl import ZSCL, caption_features
 from pipeline.models import ClipFeatures, ClipSpec, encode_images, load_clip, normalize_uint8, tokenizer
+from pipeline.replay.streams import SynthBatch, SyntheticStream
+from pipeline.replay.synthetic import SyntheticBatchSource
 from pipeline.training.config import TrainConfig
-from pipeline.training.replay import SynthBatch, SyntheticStream
 from pipeline.training.step import run_step
-from pipeline.training.synthetic import SyntheticBatchSource
 
 CPU = torch.device("cpu")
 PROMPTS = ["a photo of a cat.", "a photo of a dog.", "a photo of a container ship.", "a photo of a tree frog."]

@@ -145,7 +145,7 @@ def test_real_batches_do_not_depend_on_the_worker_count():
 
     from pipeline.dist import Dist
     from pipeline.models import train_transform
-    from pipeline.training.replay import ImageStream
+    from pipeline.replay.streams import ImageStream
 
     rng = np.random.default_rng(0)
     data = [(Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)), k % 3) for k in range(10)]

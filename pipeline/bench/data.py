@@ -69,7 +69,7 @@ def write_set(root: Path, task: str, per_class: int, size: int) -> Path:
 
 def bench_synthetic(per_class: int = 100, size: int = 512, batch: int = 64, repeats: int = 3) -> dict:
     """One task's draw (eurosat's 10 classes × ``per_class``) decoded once vs decoded per step."""
-    from pipeline.training.synthetic import class_images, load_draw
+    from pipeline.replay.synthetic import class_images, load_draw
     from shards.layout import tar_path
     from shards.manifest import load_manifest
     from shards.reader import iter_shard
@@ -162,7 +162,7 @@ def bench_loader(paths: list[Path], batch: int = 64, workers: tuple[int, ...] = 
     import itertools
 
     from pipeline.dist import Dist
-    from pipeline.training.replay import ImageStream
+    from pipeline.replay.streams import ImageStream
 
     data = data if data is not None else _labeled(paths)
     batches = max(1, len(data) // batch)

@@ -12,8 +12,8 @@ from pipeline.methods import TaskContext
 from pipeline.methods.gift import Gift
 from pipeline.models import ClipSpec, encode_images, encode_texts, image_size, load_clip
 from pipeline.models import tokenizer as clip_tokenizer
+from pipeline.replay.synthetic import SyntheticBatchSource
 from pipeline.training.config import TrainConfig
-from pipeline.training.synthetic import SyntheticBatchSource
 
 from .generate import PEAK_BF16_TFLOPS, SD15_TFLOP_PER_IMAGE
 from .step import GiftStep, pool_width

@@ -13,15 +13,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.datasets import catalog
+from pipeline.losses import UNREACHED_FISHER
 from pipeline.methods import SynthBatch, TaskContext
 from pipeline.methods.frozen import prompt_index
 from pipeline.methods.gift import Gift
 from pipeline.models import encode_images, encode_texts, image_size, normalize_uint8
 from pipeline.models import tokenizer as clip_tokenizer
+from pipeline.replay.synthetic import SyntheticBatchSource
 from pipeline.training.config import TrainConfig
-from pipeline.training.losses import UNREACHED_FISHER
 from pipeline.training.step import run_step
-from pipeline.training.synthetic import SyntheticBatchSource
 
 
 class ReleasedAwc(Gift):

@@ -19,12 +19,12 @@ import time
 import torch
 
 from pipeline.datasets import catalog
+from pipeline.losses import contrastive_distillation
 from pipeline.methods import SynthBatch, TaskContext
 from pipeline.methods.base import student_features
 from pipeline.models import ClipFeatures, ClipSpec, encode_images, image_size, load_clip, normalize_uint8
 from pipeline.models import tokenizer as clip_tokenizer
 from pipeline.training.config import TrainConfig
-from pipeline.training.losses import contrastive_distillation
 from pipeline.training.step import run_step
 
 from .common import NOT_ON_GPU, seconds, times

@@ -1,6 +1,6 @@
 """The shard sets of an order's replay pool: found, missing or incomplete, and the command that renders the rest.
 
-Training takes the pool as one spec family (``training.synthetic.find_pool_sets``); when it would find every set,
+Training takes the pool as one spec family (``replay.synthetic.find_pool_sets``); when it would find every set,
 each is checked as training checks it (``verify_set``, checksums). Otherwise the sets are looked up where `gift
 generate --order` puts them, with the options of the sets already there (or the doctor's ``--model``), so the fix
 renders exactly the missing ones and finishes the partial ones.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.datasets import catalog
 from pipeline.generation.order import generate_flags, model_option, pool_sets, spec_options
-from pipeline.training.synthetic import find_pool_sets, spec_family, spec_filter
+from pipeline.replay.synthetic import find_pool_sets, spec_family, spec_filter
 from shards.errors import ShardSetError
 from shards.manifest import find_sets, load_manifest
 from shards.verify import verify_set

@@ -1,7 +1,7 @@
 """A whole order's replay pool in one command (``gift generate --order II``): every stage-1 set its training reads.
 
 The sets are ``catalog.pool_tasks(order)`` (the list training's ``Protocol.pool_sets`` is), each resolved with the
-same options into its own spec; training later finds them as one spec family (``training.synthetic``). Finished
+same options into its own spec; training later finds them as one spec family (``replay.synthetic``). Finished
 sets are skipped, a partial one is finished shard by shard (``generate`` resumes), so the command is resumable by
 re-running it, under torchrun as single-task generation is.
 """

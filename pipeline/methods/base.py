@@ -34,7 +34,7 @@ from pipeline.datasets import catalog
 from pipeline.datasets.catalog import Task
 from pipeline.dist import Dist
 from pipeline.models import ClipFeatures
-from pipeline.training.replay import SynthBatch  # the batch type of every stream (re-exported)
+from pipeline.replay.streams import SynthBatch  # the batch type of every stream (re-exported)
 
 
 @dataclass
@@ -129,7 +129,7 @@ class Method:
         """What this method replays each step (an object with ``next() -> SynthBatch``), or None."""
         if ctx.synthetic is None:
             return None
-        from pipeline.training.replay import SyntheticStream
+        from pipeline.replay.streams import SyntheticStream
 
         return SyntheticStream(ctx.synthetic, self.config.synthetic_batch, ctx.replay_seed, ctx.dist, ctx.device)
 

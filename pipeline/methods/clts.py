@@ -2,7 +2,7 @@
 per task trained on that task's real images, and a task router (2-layer MLP) re-trained after every task on images
 rendered from the captions of all tasks so far; at test time the router picks the head (no task id).
 
-Its loop is not the fine-tuning loop: ``loop = "task-heads"`` (``pipeline/clts/run.py``). Class-incremental settings
+Its loop is not the fine-tuning loop: ``loop = "task-heads"`` (``pipeline/training/clts_run.py``). Class-incremental settings
 only, on one process. What it keeps of the tasks' data is their captions (``kept``).
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.clts.heads import ROUTINGS
 from pipeline.datasets import catalog
-from pipeline.training.captioned import caption_memory
+from pipeline.replay.captioned import caption_memory
 
 from .base import Kept, Method
 

@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from pipeline.training.losses import add_fisher_gradient
-from pipeline.training.replay import SyntheticStream
+from pipeline.losses import add_fisher_gradient
+from pipeline.replay.streams import SyntheticStream
 
 from .base import TaskContext
 from .gift import Gift

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.training.losses import (
+from pipeline.losses import (
     LABEL_SMOOTHING,
     add_awc_gradient,
     add_l2_gradient,

@@ -96,7 +96,7 @@ class ICaRL(Method):
     def replay_stream(self, ctx: TaskContext):
         if not self.entries:
             return None  # the first task: nothing remembered yet
-        from pipeline.training.replay import ImageStream
+        from pipeline.replay.streams import ImageStream
 
         return ImageStream(Memory(self.entries, ctx.datasets), eval_resize(ctx.image_size),
                            self.config.synthetic_batch, ctx.replay_seed, ctx.dist, ctx.device, workers=ctx.workers)

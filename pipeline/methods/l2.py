@@ -1,6 +1,6 @@
 """The l2 baseline: CE + w·Σ(θ − θ(t−1))², weight 1, applied as an analytic gradient."""
 
-from pipeline.training.losses import add_l2_gradient
+from pipeline.losses import add_l2_gradient
 
 from .base import Method, TaskContext
 

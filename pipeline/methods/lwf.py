@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.losses import contrastive_distillation
 from pipeline.models import encode_images, eval_resize
 from pipeline.models import tokenizer as clip_tokenizer
-from pipeline.training.losses import contrastive_distillation
 
 from . import frozen
 from .base import Method, SynthBatch, TaskContext, frozen_copy
@@ -53,7 +53,7 @@ class LwF(Method):
         return clip_tokenizer()([spec.prompt(c) for c in range(spec.num_classes)])
 
     def replay_stream(self, ctx: TaskContext):
-        from pipeline.training.replay import ImageStream
+        from pipeline.replay.streams import ImageStream
 
         return ImageStream(ctx.datasets[ctx.task], eval_resize(ctx.image_size), self.config.synthetic_batch,
                            ctx.replay_seed, ctx.dist, ctx.device, workers=ctx.workers)

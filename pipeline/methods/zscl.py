@@ -19,9 +19,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from pipeline.losses import add_l2_gradient
 from pipeline.models import eval_resize
 from pipeline.models import tokenizer as clip_tokenizer
-from pipeline.training.losses import add_l2_gradient
 from shards.layout import atomic_write_bytes, spec_hash
 
 from . import frozen
@@ -144,7 +144,7 @@ class ZSCL(Method):
         self.ensemble = Ensemble(ctx.params)
 
     def replay_stream(self, ctx: TaskContext):
-        from pipeline.training.replay import ImageStream
+        from pipeline.replay.streams import ImageStream
 
         return ImageStream(self.reference, eval_resize(ctx.image_size),
                            self.config.synthetic_batch, ctx.replay_seed, ctx.dist, ctx.device, workers=ctx.workers)

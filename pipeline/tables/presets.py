@@ -29,6 +29,7 @@ from pipeline.evaluation import report
 from pipeline.evaluation.cil_report import CLIP_ROWS, published_cil, published_for_method
 from pipeline.methods import METHODS
 from pipeline.training.config import TrainConfig
+from pipeline.training.paper_setting import comparable, config_defaults
 
 Triple = tuple[float, float, float]  # Transfer, Avg., Last (percent)
 
@@ -46,7 +47,7 @@ class ShardFamily:
     match: tuple[tuple[str, object], ...]
 
     def resolve(self, base: Mapping[str, object]) -> str:
-        from pipeline.training.synthetic import spec_family
+        from pipeline.replay.synthetic import spec_family
         from shards.manifest import find_sets, load_manifest
 
         root = Path(str(base.get("shards") or TrainConfig.shards))
@@ -279,21 +280,8 @@ _NOT_IDENTITY = {"order", "method", "name", "runs", "data_root", "shards", "shar
 _PAPER_SCALE = {"batch_size", "synthetic_batch", "synthetic_budget", "lr", "warmup", "weight_decay", "label_smoothing"}
 
 
-def _defaults(cfg: Mapping[str, object]) -> dict[str, object]:
-    """What a run of ``cfg``'s order and method gets when no option is given (the setting's defaults filled in)."""
-    try:
-        return dataclasses.asdict(TrainConfig(order=str(cfg.get("order")), method=str(cfg.get("method"))))
-    except ValueError:  # an order this version does not know: the class defaults
-        return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-
-
-def _value(cfg: Mapping[str, object], key: str) -> object:
-    # A run made before a field existed ran with what is now its default.
-    return cfg.get(key, _defaults(cfg).get(key))
-
-
 def _agrees(preset: Preset, cfg: Mapping[str, object], keys: set[str]) -> bool:
-    defaults = _defaults(cfg)
+    defaults = config_defaults(cfg)
     return all(cfg.get(key, defaults.get(key)) == preset.overrides.get(key, defaults.get(key)) for key in keys)
 
 
@@ -324,19 +312,6 @@ def identify(run_dir: Path, cfg: Mapping[str, object]) -> Preset | None:
     candidates = [p for p in registry.values() if preset_matches(p, cfg)
                   and not any(isinstance(v, ShardFamily) for v in p.overrides.values())]
     return max(candidates, key=lambda p: len(p.overrides), default=None)
-
-
-def comparable(cfg: Mapping[str, object]) -> bool:
-    """The paper's setting: ViT-B/16 OpenAI weights and Order I/II with 1,000 iterations, or one of the six CIL settings
-    of Tables 7 / 8 with its own class order and steps (reports show the published numbers beside a run only then)."""
-    if (_value(cfg, "clip_arch"), _value(cfg, "clip_weights")) != ("ViT-B-16", "openai"):
-        return False
-    order = str(cfg.get("order"))
-    if order in ("I", "II"):
-        return _value(cfg, "iterations") == 1000
-    defaults = _defaults(cfg)
-    return (order in catalog._load("cil.json")["settings"]
-            and all(_value(cfg, k) == defaults[k] for k in ("iterations", "epochs", "class_order")))
 
 
 def published_for(preset: Preset | None, cfg: Mapping[str, object]) -> Triple | None:

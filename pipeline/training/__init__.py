@@ -1,2 +1,4 @@
-"""Stage 2: the training loop (``train``), one step (``step``), its configuration (``config``), run directories
-(``rundir``), loss terms (``losses``), the replay streams (``replay``) and the synthetic pool (``synthetic``)."""
+"""Stage 2's loops and protocols: the fine-tuning loop (``train``), one step (``step``), CLTS's loop (``clts_run``,
+``clts_report``), the MTIL / CIL protocols (``protocol``), their configuration (``config``, ``paper_setting``), run
+directories (``rundir``), trackers (``tracking``) and the tiny CLIP's pre-training (``pretrain``). The parts they are
+built of sit below: loss terms (``pipeline.losses``), the replay streams and synthetic pool (``pipeline.replay``)."""

@@ -140,7 +140,7 @@ def lr_at(step: int, base: float, warmup: int, total: int) -> float:
 
 # How a run is fed, not what it computes (a run reproduces exactly whatever the worker count): these may change
 # when a run is resumed, e.g. on a machine with fewer cores. The caption root too: what a run uses of it is a caption
-# set and its render, by hash, recorded in captions.json and checked on resume (training.captioned).
+# set and its render, by hash, recorded in captions.json and checked on resume (replay.captioned).
 FREE_ON_RESUME = {"workers", "shard_cache", "captions"}
 
 

@@ -34,10 +34,10 @@ from pipeline.evaluation.evaluate import TestSet, evaluate_order
 from pipeline.evaluation.metrics import summarize, summarize_cil
 from pipeline.evaluation.report import curves_figure, heatmap_figure, write_report
 from pipeline.models import eval_resize
-from pipeline.tables.presets import comparable
 from shards.layout import spec_hash
 
 from .config import TrainConfig, loader_workers
+from .paper_setting import comparable
 
 Evaluator = Callable[[torch.nn.Module, int], StepResult]
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.losses import classification_loss
 from pipeline.methods import TaskContext
-
-from .losses import classification_loss
 
 LOG_EVERY = 10  # steps between two reads of the losses (and the last step of a task)
 

@@ -25,28 +25,36 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
 
-from pipeline.clts.run import run_clts
 from pipeline.datasets.required import require_datasets
 from pipeline.dist import Dist
+from pipeline.evaluation.evaluate import TestSet
 from pipeline.methods import TaskContext, get_method
-from pipeline.methods.base import student_features
+from pipeline.methods.base import Method, student_features
 from pipeline.models import ClipFeatures, ClipSpec, eval_resize, image_size, load_clip, train_transform
 from pipeline.models import tokenizer as clip_tokenizer
+from pipeline.replay.captioned import CaptionRenders, caption_pool_sets, write_captions_record
+from pipeline.replay.streams import ImageStream
+from pipeline.replay.synthetic import find_pool_sets
 from shards.errors import ShardSetError
 
-from .captioned import CaptionRenders, caption_pool_sets, write_captions_record
+from .clts_run import run_clts
 from .config import TrainConfig, loader_workers, lr_at
 from .protocol import Protocol, protocol_for
-from .replay import ImageStream
 from .rundir import finish_task, prepare_run_dir, run_log
 from .step import LossLog, run_step
-from .synthetic import find_pool_sets
+
+if TYPE_CHECKING:
+    from pipeline.replay.synthetic import SampleRef, SyntheticBatchSource
 
 log = logging.getLogger("gift.train")
 # The loops of methods that do not fine-tune CLIP (``Method.loop``), each reusing the run directory, resume, report,
@@ -79,6 +87,36 @@ class Tracker:
     def close(self) -> None: ...
 
 
+@dataclass
+class Run:
+    """A fine-tuning run's fixed parts in one place: ``train()`` builds it from what can fail on bad input (before
+    the run directory exists), ``_run()`` completes it once the directory exists, and each task reads it."""
+
+    config: TrainConfig
+    dist: Dist
+    device: torch.device
+    amp: torch.dtype | None  # the autocast dtype (bf16); None: fp32
+    protocol: Protocol
+    method_cls: type[Method]
+    datasets: dict[str, Dataset]  # the training split of every step of the order
+    tests: list[TestSet]
+    model: torch.nn.Module  # the CLIP being fine-tuned (bare: state_dict, checkpoints, evaluation)
+    size: int  # its input resolution
+    tokenize: Callable[[Sequence[str]], torch.Tensor]
+    progress: Progress
+    tracker: Tracker
+    sets: dict[str, Path] | None = None  # the replay pool's sets by task (methods with a synthetic stream)
+    schedule: list[list[SampleRef]] | None = None  # each step's draw from those sets
+    renders: dict[str, CaptionRenders] = field(default_factory=dict)  # --replay-captions: the caption sets behind them
+    # Set by _run() once the run directory exists:
+    run_dir: Path = field(init=False)
+    state: dict = field(init=False)  # state.json: the steps finished, the last checkpoint, the accuracy rows
+    offsets: list[int] = field(init=False)  # step i's first step on the run's global step axis; [T]: the total
+    initial_state: dict[str, torch.Tensor] = field(init=False)  # the model before any step, on CPU
+    student: torch.nn.Module = field(init=False)  # the training forward: ClipFeatures, wrapped by DDP / compile
+    method: Method = field(init=False)
+
+
 def _seed(config: TrainConfig, index: int) -> torch.Generator:
     torch.manual_seed(config.seed * 1000 + index)
     np.random.seed(config.seed * 1000 + index)
@@ -87,10 +125,9 @@ def _seed(config: TrainConfig, index: int) -> torch.Generator:
 
 def _shards_root(config: TrainConfig, pool: list[str]) -> Path:
     """The local root of the pool's sets: ``--shards`` itself, or the cache a store URL is fetched into once."""
+    from pipeline.replay.synthetic import spec_filter
     from shards.pull import pool_from_store
     from shards.store import is_url
-
-    from .synthetic import spec_filter
 
     if not is_url(config.shards):
         return Path(config.shards)
@@ -127,15 +164,14 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
     datasets = protocol.train_sets()
     model = load_clip(ClipSpec(config.clip_arch, config.clip_weights, config.seed), device)
     size = image_size(model)
-    tests = protocol.test_sets(size)
-    tokenize = clip_tokenizer()
-    schedule = sets = None
-    renders: dict[str, CaptionRenders] = {}
+    run = Run(config=config, dist=dist, device=device, amp=amp, protocol=protocol, method_cls=method_cls,
+              datasets=datasets, tests=protocol.test_sets(size), model=model, size=size, tokenize=clip_tokenizer(),
+              progress=progress, tracker=tracker)
     own_group = dist.init(device)
     try:
         dist.check_shared(Path(config.runs), "--runs", "rank 0 writes the run directory, every rank reads it")
         if method_cls.uses_synthetic:
-            from .synthetic import class_images, draw_schedule, verify_pool
+            from pipeline.replay.synthetic import class_images, draw_schedule, verify_pool
 
             pool = protocol.pool_sets
             # Rank 0 fetches (from a store) and verifies once; the others then read the same sets. A rank that
@@ -143,8 +179,8 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
             failure = None
             if dist.main:
                 try:
-                    sets, renders = _pool_sets(config, pool)
-                    verify_pool(sets)
+                    run.sets, run.renders = _pool_sets(config, pool)
+                    verify_pool(run.sets)
                 except ShardSetError as e:
                     if dist.world == 1:
                         raise
@@ -152,13 +188,13 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
             dist.agree(failure)
             if not dist.main:
                 try:
-                    sets, renders = _pool_sets(config, pool)
+                    run.sets, run.renders = _pool_sets(config, pool)
                 except ShardSetError as e:
                     failure = str(e)
             dist.agree(failure, "--shards must be on a filesystem all nodes share, or a store URL")
-            schedule = draw_schedule(protocol.pools(), class_images(sets), config.synthetic_budget, config.seed)
-        return _run(config, dist, progress, device, method_cls, protocol, datasets, tests, model, size,
-                    tokenize, sets, schedule, amp, tracker, renders)
+            run.schedule = draw_schedule(protocol.pools(), class_images(run.sets), config.synthetic_budget,
+                                         config.seed)
+        return _run(run)
     finally:
         if own_group:
             torch.distributed.destroy_process_group()
@@ -183,95 +219,96 @@ def _pool_sets(config: TrainConfig, pool: list[str]) -> tuple[dict[str, Path], d
     return caption_pool_sets(config.shards, config.captions, pool, config.shard_family, config.replay_generator)
 
 
-def _run(config, dist, progress, device, method_cls, protocol: Protocol, datasets, tests, model, size, tokenize,
-         sets, schedule, amp, tracker, renders: dict[str, CaptionRenders]) -> Path:
-    order = protocol.steps
+def _run(run: Run) -> Path:
+    config, dist, model = run.config, run.dist, run.model
+    order = run.protocol.steps
     if dist.main:
-        run_dir, state = prepare_run_dir(config)
-        if renders:  # which caption sets the replay came from, and the memory they are (report, gift table)
-            write_captions_record(run_dir, renders)
+        run.run_dir, run.state = prepare_run_dir(config)
+        if run.renders:  # which caption sets the replay came from, and the memory they are (report, gift table)
+            write_captions_record(run.run_dir, run.renders)
     dist.barrier()
     if not dist.main:
-        run_dir, state = prepare_run_dir(config)
-    with run_log(run_dir if dist.main else None):
+        run.run_dir, run.state = prepare_run_dir(config)
+    with run_log(run.run_dir if dist.main else None):
         try:
-            offsets = np.cumsum([0] + [config.steps_for(len(datasets[t])) for t in order]).tolist()
-            tracker.open(run_dir, config, protocol, state, offsets)
-            initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            if state["checkpoint"]:
+            run.offsets = np.cumsum([0] + [config.steps_for(len(run.datasets[t])) for t in order]).tolist()
+            run.tracker.open(run.run_dir, config, run.protocol, run.state, run.offsets)
+            run.initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if run.state["checkpoint"]:
                 from safetensors.torch import load_file
 
-                model.load_state_dict(load_file(run_dir / state["checkpoint"]))
-                log.info("resuming %s after task %d of %d", run_dir, state["finished"], len(order))
+                model.load_state_dict(load_file(run.run_dir / run.state["checkpoint"]))
+                log.info("resuming %s after task %d of %d", run.run_dir, run.state["finished"], len(order))
             if dist.world > 1:  # rank 0 fills the shared cache files; the others then map them
                 if dist.main:
-                    for test in tests:
+                    for test in run.tests:
                         if test.cache is not None:
                             test.build()
                 dist.barrier()
             # The student's training forward (trimmed text ids); DDP and torch.compile wrap it, not the bare CLIP.
-            student = ClipFeatures(model)
-            if dist.world > 1 and method_cls.trains:
+            run.student = ClipFeatures(model)
+            if dist.world > 1 and run.method_cls.trains:
                 # find_unused_parameters: ablations may leave a tower out of the replay loss (image-only, ...).
-                student = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None,
-                                                  find_unused_parameters=True)
-            if config.compile and method_cls.trains:  # compiled once for every task; text ids of a new width
+                run.student = DistributedDataParallel(run.student, find_unused_parameters=True,
+                                                      device_ids=[run.device.index] if run.device.type == "cuda" else None)
+            if config.compile and run.method_cls.trains:  # compiled once for every task; text ids of a new width
                 # (trimmed per task) recompile once, then dynamo treats the width as dynamic
-                student = torch.compile(student)
-            method = method_cls(config)
-            evaluate = protocol.evaluator(tests, tokenize, device, amp, dist, frozen=not method.trains)
+                run.student = torch.compile(run.student)
+            run.method = run.method_cls(config)
+            evaluate = run.protocol.evaluator(run.tests, run.tokenize, run.device, run.amp, dist,
+                                              frozen=not run.method.trains)
             for index, task in enumerate(order):
-                if index < state["finished"]:
+                if index < run.state["finished"]:
                     continue
                 generator = _seed(config, index)
-                if method.trains:
+                if run.method.trains:
                     synth = None
-                    if schedule is not None:
-                        from .synthetic import load_draw
+                    if run.schedule is not None:
+                        from pipeline.replay.synthetic import load_draw
 
-                        synth = load_draw(sets, schedule[index], eval_resize(size), tokenize)
-                    _train_task(config, protocol, index, task, model, student, dist, initial_state, method, datasets,
-                                synth, size, tokenize, generator, device, amp, run_dir, progress, tracker, offsets[index])
+                        synth = load_draw(run.sets, run.schedule[index], eval_resize(run.size), run.tokenize)
+                    _train_task(run, index, task, synth, generator)
                 result = evaluate(model, index)
-                progress.evaluated(index, task, result.row)
+                run.progress.evaluated(index, task, result.row)
                 log.info("after %s: %s%s", task, "  ".join(f"{t} {a:.1f}" for t, a in zip(order, result.row, strict=True)
                                                          if a == a), "".join(f"  | {k} {v:.1f}" for k, v in result.extra.items()))
                 if dist.main:
-                    finish_task(run_dir, state, model, index, result, protocol)
-                    tracker.evaluated(index, protocol, state)
+                    finish_task(run.run_dir, run.state, model, index, result, run.protocol)
+                    run.tracker.evaluated(index, run.protocol, run.state)
                 else:
-                    state.update(finished=index + 1)
+                    run.state.update(finished=index + 1)
                 dist.barrier()
         finally:
-            tracker.close()
-    return run_dir
+            run.tracker.close()
+    return run.run_dir
 
 
-def _train_task(config, protocol, index, task, model, student, dist, initial_state, method, datasets, synth, size,
-                tokenize, generator, device, amp, run_dir, progress, tracker, first_step: int) -> None:
-    """Train step ``index`` of the run; ``first_step``: its first step on the run's global step axis (tracking)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    forward = functools.partial(student_features, student)
-    workers = 0 if protocol.in_memory else loader_workers(config)  # mini: a few hundred images
+def _train_task(run: Run, index: int, task: str, synth: SyntheticBatchSource | None, generator: torch.Generator) -> None:
+    """Train step ``index`` (``task``) of the run: its real data and, for a method with a synthetic stream, ``synth``
+    (the step's draw, decoded); ``generator``: the step's seeded RNG."""
+    config, method, device = run.config, run.method, run.device
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    forward = functools.partial(student_features, run.student)
+    workers = 0 if run.protocol.in_memory else loader_workers(config)  # mini: a few hundred images
     real_seed, replay_seed = torch.randint(0, 2**62, (2,), generator=generator).tolist()
-    ctx = TaskContext(index, task, model, initial_state, config, device, params,
-                      [p.detach().clone() for p in params] if method.uses_anchor else [], dist, forward,
-                      synthetic=synth, datasets=datasets, replay_seed=replay_seed, image_size=size, run_dir=run_dir,
-                      workers=workers, lookup=protocol.task)
+    ctx = TaskContext(index, task, run.model, run.initial_state, config, device, params,
+                      [p.detach().clone() for p in params] if method.uses_anchor else [], run.dist, forward,
+                      synthetic=synth, datasets=run.datasets, replay_seed=replay_seed, image_size=run.size,
+                      run_dir=run.run_dir, workers=workers, lookup=run.protocol.task)
     method.begin_task(ctx)
     replay = method.replay_stream(ctx)
-    real = ImageStream(datasets[task], train_transform(size, uint8=True), config.batch_size, real_seed, dist, device,
-                       workers=workers)
-    spec = protocol.task(task)
-    steps = config.steps_for(len(datasets[task]))
-    class_tokens = tokenize([spec.prompt(c) for c in range(spec.num_classes)]).to(device)  # trimmed, once per task
+    real = ImageStream(run.datasets[task], train_transform(run.size, uint8=True), config.batch_size, real_seed, run.dist,
+                       device, workers=workers)
+    spec = run.protocol.task(task)
+    steps = config.steps_for(len(run.datasets[task]))
+    class_tokens = run.tokenize([spec.prompt(c) for c in range(spec.num_classes)]).to(device)  # trimmed, once per task
     base_lr = config.lr_for(task)
     optimizer = torch.optim.AdamW(params, lr=base_lr, betas=(0.9, 0.999), weight_decay=config.weight_decay,
                                   fused=device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
-    progress.start_task(index, task, steps)
-    model.train()
-    metrics = open(run_dir / "metrics.jsonl", "a") if dist.main else None
+    autocast = torch.autocast(device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None)
+    run.progress.start_task(index, task, steps)
+    run.model.train()
+    metrics = open(run.run_dir / "metrics.jsonl", "a") if run.dist.main else None
     loss_log = LossLog(ctx)  # losses stay on the device between logged steps: no per-step synchronisation
     try:
         for step in range(steps):
@@ -281,15 +318,13 @@ def _train_task(config, protocol, index, task, model, student, dist, initial_sta
                                         class_tokens, optimizer, autocast))
             method.after_step(ctx, step)
             losses = loss_log.read(step) if loss_log.due(step, steps) else None
-            progress.step(losses)
+            run.progress.step(losses)
             if metrics and losses is not None:
                 record = {"task": task, "index": index, "step": step, "lr": optimizer.param_groups[0]["lr"], **losses}
                 metrics.write(json.dumps(record) + "\n")
-                tracker.metrics(record, first_step + step)
+                run.tracker.metrics(record, run.offsets[index] + step)
     finally:
         if metrics:
             metrics.close()
     method.end_task(ctx)
-    progress.end_task()
-
-
+    run.progress.end_task()

@@ -62,7 +62,7 @@ def spec_filter(family: str | None = None, generator: str | None = None) -> Call
     """Which sets a run's pool may use (a manifest -> bool): of spec family ``family`` and of generator
     ``generator`` (``sd15``, ``tiny``, or ``reference``: real images); None accepts any. The same test picks
     local sets and the sets fetched from a store. Caption sets (``gift caption``) hold no images, and images rendered
-    from captions are no class-prompt set (``--replay-captions`` and CLTS find those, ``training.captioned``): neither
+    from captions are no class-prompt set (``--replay-captions`` and CLTS find those, ``replay.captioned``): neither
     is ever a class-prompt pool set."""
     return lambda m: (set_kind(m["spec"]) == IMAGES and "captions" not in m["spec"]
                       and family in (None, spec_family(m["spec"])) and generator in (None, m["spec"].get("generator")))

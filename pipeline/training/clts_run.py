@@ -3,7 +3,7 @@ training stage's run directory, resume, report, tracking and table machinery.
 
     before the run directory exists: the setting, its caption set (``--captions``) and the images rendered from it
         (``--shards``), the training split, CLIP, the test split -- every missing piece is an error naming its command
-    features, once: the training split, the test split, the renders (cached, ``features.py``)
+    features, once: the training split, the test split, the renders (cached, ``pipeline/clts/features.py``)
     per step k (seeded by (seed, k)):
         head k    <- AdamW on CE over the real training images of step k's classes (heads of earlier steps frozen)
         router    <- re-initialised, AdamW on CE over the renders of the captions of steps 0..k (label = step),
@@ -27,17 +27,17 @@ import numpy as np
 import torch
 
 from pipeline.captioning.caption import clip_label
+from pipeline.clts import features as feats
+from pipeline.clts.heads import CltsModel, balanced, cycled, fit, predict, predict_oracle
 from pipeline.datasets import catalog
 from pipeline.datasets.splits import dataset_split
 from pipeline.evaluation.cil import StepResult, step_counts, step_result
 from pipeline.models import ClipSpec, image_size, load_clip
-from pipeline.training.captioned import CaptionRenders, find_caption_set, find_renders, write_captions_record
-from pipeline.training.config import TrainConfig, loader_workers
-from pipeline.training.rundir import finish_task, prepare_run_dir, run_log
+from pipeline.replay.captioned import CaptionRenders, find_caption_set, find_renders, write_captions_record
 
-from . import features as feats
-from .heads import CltsModel, balanced, cycled, fit, predict, predict_oracle
-from .report import CltsProtocol
+from .clts_report import CltsProtocol
+from .config import TrainConfig, loader_workers
+from .rundir import finish_task, prepare_run_dir, run_log
 
 log = logging.getLogger("gift.clts")
 LOG_EVERY = 10  # metrics.jsonl rows: every 10 steps and each phase's last, as the fine-tuning loop

@@ -4,7 +4,7 @@ numbers added, through the same run-directory, tracking and table machinery.
 ``results.md`` gains a CLTS section: the average task accuracy after the last step (mean over steps of the accuracy
 on their classes: the matrix's last row), the average incremental accuracy (Avg), and per step the class-IL accuracy,
 the router's accuracy (test images sent to their own task), the oracle-task accuracy (each image given its own task's
-head: task-aware), and the captions kept; then the memory table (``memory.py``) after the last finished step. Files:
+head: task-aware), and the captions kept; then the memory table (``pipeline/clts/memory.py``) after the last finished step. Files:
 ``clts.csv`` (those per-step numbers) and ``memory.csv``.
 """
 
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.clts.memory import memory_csv, memory_markdown, memory_rows
 from pipeline.datasets import catalog
 from pipeline.evaluation.cil_report import write_cil_report
 from pipeline.evaluation.metrics import summarize_cil
 from pipeline.evaluation.report import _atomic_write_text
-from pipeline.training.captioned import caption_memory
-from pipeline.training.protocol import CilProtocol
+from pipeline.replay.captioned import caption_memory
 
-from .memory import memory_csv, memory_markdown, memory_rows
+from .protocol import CilProtocol
 
 
 def _matrix(state: dict, rows: int | None = None) -> np.ndarray:
