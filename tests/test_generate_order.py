@@ -3,9 +3,9 @@
 import json
 
 from pipeline.datasets import catalog
+from pipeline.replay.synthetic import find_pool_sets
 from pipeline.training.config import TrainConfig
 from pipeline.training.protocol import protocol_for
-from pipeline.replay.synthetic import find_pool_sets
 from shards.layout import parquet_path, tar_path
 from shards.manifest import find_sets, load_manifest
 from shards.verify import verify_set
