@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -17,10 +18,22 @@ console = Console(stderr=True)
 out = Console()
 
 
+def print_json(data: object) -> None:
+    """``--json`` of the list commands: plain JSON on stdout, never wrapped, coloured or cut at the terminal's width."""
+    sys.stdout.write(json.dumps(data, indent=1, default=str) + "\n")  # a value with no JSON form: its text
+
+
+def print_whole(line: str) -> None:
+    """A line a user copies (a path, a store address, a command): printed whole, never wrapped or cut by rich."""
+    out.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
 def setup_logging() -> None:
     rank = os.environ.get("RANK")
     fmt = f"[rank {rank}] %(message)s" if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else "%(message)s"
-    logging.basicConfig(level=logging.WARNING, format=fmt, handlers=[RichHandler(console=console, show_path=False)], force=True)
+    terminal = RichHandler(console=console, show_path=False)
+    terminal.addFilter(lambda record: not getattr(record, "file_only", False))  # train.log's copy of a shown line
+    logging.basicConfig(level=logging.WARNING, format=fmt, handlers=[terminal], force=True)
     logging.getLogger("gift").setLevel(logging.INFO)  # ours at INFO; libraries (open_clip logs to root) at WARNING
     for noisy in ("httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -32,9 +45,13 @@ def setup_logging() -> None:
             sys.modules[library].utils.logging.set_verbosity_error()
 
 
+RESUME_SHARDS = "finished shards are kept; re-run the same command to resume."
+
+
 @contextmanager
-def clean_errors():
-    """Known failures become one red line and a non-zero exit; Ctrl-C exits 130 with a resume hint."""
+def clean_errors(kept: str = RESUME_SHARDS):
+    """Known failures become one red line and a non-zero exit; Ctrl-C exits 130 saying ``kept``: what the command
+    keeps of its work, and how to resume."""
     from pipeline.dist import PeerLostError
     from pipeline.generation.generate import SpecError
     from pipeline.generation.generators import ModelNotFoundError
@@ -52,7 +69,7 @@ def clean_errors():
         console.print(f"[bold red]error:[/] {escape(str(e))}\nNothing partial was kept under a final name; fix the cause and re-run to resume.")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/] finished shards are kept; re-run the same command to resume.")
+        console.print(f"[yellow]interrupted:[/] {escape(kept)}")
         raise typer.Exit(130) from None
 
 

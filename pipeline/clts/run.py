@@ -170,9 +170,9 @@ def run_clts(config: TrainConfig, progress, device: torch.device, tracker) -> Pa
                 _train_step(config, model, data, setting, plans[k], k, name, device, run_dir, progress, tracker,
                             offsets[k])
                 result = evaluate_step(model, data["test"], setting, k, config.routing, device)
-                progress.evaluated(k, name, result.row)
+                progress.evaluated(k, name, result.row, result.extra)
                 log.info("after %s: seen %.1f  router %.1f  oracle %.1f", name, result.extra["seen"],
-                         result.extra["router"], result.extra["oracle"])
+                         result.extra["router"], result.extra["oracle"], extra={"file_only": True})  # shown by progress
                 finish_task(run_dir, state, model, k, result, protocol)
                 tracker.evaluated(k, protocol, state)
         finally:

@@ -48,6 +48,8 @@ from .step import LossLog, run_step
 from .synthetic import find_pool_sets
 
 log = logging.getLogger("gift.train")
+# A record for train.log only: its line is on the terminal already (the CLI's console handler drops these).
+FILE_ONLY = {"file_only": True}
 # The loops of methods that do not fine-tune CLIP (``Method.loop``), each reusing the run directory, resume, report,
 # tracking and table machinery: CLTS trains task heads and a router on frozen features.
 LOOPS = {"task-heads": run_clts}
@@ -60,7 +62,8 @@ class Progress:
     def step(self, losses: dict[str, float] | None) -> None:
         """One step done; ``losses`` at the logged steps (every 10 and the last), None between them."""
     def end_task(self) -> None: ...
-    def evaluated(self, index: int, task: str, row: list[float]) -> None: ...
+    def evaluated(self, index: int, task: str, row: list[float], extra: dict[str, float] | None = None) -> None:
+        """The evaluation after task ``index``: its accuracy row, and the protocol's further values (CIL: ``seen``)."""
     def phase(self, label: str, total: int) -> None:
         """Work outside the steps begins (CLTS's feature passes): ``total`` items, counted by ``advance``."""
     def advance(self, n: int) -> None: ...
@@ -112,10 +115,6 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
     if method_cls.loop != "finetune":
         return LOOPS[method_cls.loop](config, progress, device, tracker)
     protocol = protocol_for(config)
-    if config.precision not in ("fp32", "bf16"):
-        raise ValueError(f"unknown precision {config.precision!r}; choose fp32 or bf16")
-    if config.workers is not None and config.workers < 0:
-        raise ValueError(f"--workers must be 0 or more, got {config.workers}")
     for what, size in (("--batch-size", config.batch_size), ("--synthetic-batch", config.synthetic_batch)):
         if size % dist.world:
             raise ValueError(f"{what} {size} is not divisible by the {dist.world} processes; every rank takes an "
@@ -225,9 +224,11 @@ def _run(config, dist, progress, device, method_cls, protocol: Protocol, dataset
                     _train_task(config, protocol, index, task, model, student, dist, initial_state, method, datasets,
                                 synth, size, tokenize, generator, device, amp, run_dir, progress, tracker, offsets[index])
                 result = evaluate(model, index)
-                progress.evaluated(index, task, result.row)
+                progress.evaluated(index, task, result.row, result.extra)
+                # train.log's record of it; the terminal shows the progress line (FILE_ONLY), not both
                 log.info("after %s: %s%s", task, "  ".join(f"{t} {a:.1f}" for t, a in zip(order, result.row, strict=True)
-                                                         if a == a), "".join(f"  | {k} {v:.1f}" for k, v in result.extra.items()))
+                                                         if a == a), "".join(f"  | {k} {v:.1f}" for k, v in result.extra.items()),
+                         extra=FILE_ONLY)
                 if dist.main:
                     finish_task(run_dir, state, model, index, result, protocol)
                     tracker.evaluated(index, protocol, state)
