@@ -40,6 +40,10 @@ def caption(
     One process on one device: not for torchrun (refused there).
     """
     setup_logging()
+    from pipeline.datasets import catalog
+
+    with clean_errors():
+        catalog.get_task(task)  # an unknown name fails at once, before torch and the captioner load
     import torch
     import transformers
 

@@ -52,25 +52,36 @@ RESUME_SHARDS = "finished shards are kept; re-run the same command to resume."
 def clean_errors(kept: str = RESUME_SHARDS):
     """Known failures become one red line and a non-zero exit; Ctrl-C exits 130 saying ``kept``: what the command
     keeps of its work, and how to resume."""
-    from pipeline.dist import PeerLostError
-    from pipeline.generation.generate import SpecError
-    from pipeline.generation.generators import ModelNotFoundError
-    from shards.errors import ShardSetError
-
     try:
         yield
-    except PeerLostError as e:  # the other process printed the cause; a gloo traceback here would bury it
-        console.print(f"[bold red]error:[/] {escape(str(e))}")
-        raise typer.Exit(1) from None
-    except (SpecError, ShardSetError, ModelNotFoundError, ValueError) as e:
+    except Exception as e:
+        code = _exit_code(e)
+        if code is None:
+            raise
         console.print(f"[bold red]error:[/] {escape(str(e))}")  # messages may hold brackets: `pip install '.[x]'`
-        raise typer.Exit(2) from None
-    except OSError as e:
-        console.print(f"[bold red]error:[/] {escape(str(e))}\nNothing partial was kept under a final name; fix the cause and re-run to resume.")
-        raise typer.Exit(1) from None
+        if isinstance(e, OSError):  # a disk or network failure mid-way
+            console.print("Nothing partial was kept under a final name; fix the cause and re-run to resume.")
+        raise typer.Exit(code) from None
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted:[/] {escape(kept)}")
         raise typer.Exit(130) from None
+
+
+# Failures that are the user's input or environment, by module: looked up only once one is raised, so a command
+# that never loads torch or diffusers (shards ls, tasks, a bad option) does not import them to name their errors.
+KNOWN_ERRORS = {"shards.errors": "ShardSetError", "pipeline.generation.generate": "SpecError",
+                "pipeline.generation.generators": "ModelNotFoundError"}
+
+
+def _exit_code(e: Exception) -> int | None:
+    """2 for bad input (ValueError and the known errors), 1 for a lost peer process or an OSError; None: a bug."""
+    dist = sys.modules.get("pipeline.dist")
+    if dist is not None and isinstance(e, dist.PeerLostError):
+        return 1  # the other process printed the cause; a gloo traceback here would bury it
+    if isinstance(e, ValueError) or any(module in sys.modules and isinstance(e, getattr(sys.modules[module], name))
+                                        for module, name in KNOWN_ERRORS.items()):
+        return 2
+    return 1 if isinstance(e, OSError) else None
 
 
 def relaunch_with_torchrun(gpus: int) -> None:

@@ -57,6 +57,10 @@ def generate(
     if gpus > 1 and "RANK" not in os.environ:
         relaunch_with_torchrun(gpus)
     setup_logging()
+    from pipeline.datasets import catalog
+
+    with clean_errors():
+        catalog.get_task(task)  # an unknown name fails at once, before torch and diffusers load
     import torch
 
     from pipeline.generation.generate import default_device, generate, resolve_spec

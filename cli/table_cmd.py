@@ -65,6 +65,7 @@ def _list_presets(order: str | None, as_json: bool) -> None:
     from pipeline.training.config import TrainConfig, setting_defaults
 
     order = order or "I"
+    catalog.get_order(order)  # an unknown order is an error, not an MTIL listing
     cil = catalog.is_cil(order)
     chosen = resolve_presets(default_methods(order)) if cil else list(all_presets().values())
     metrics = "Avg./Last" if cil else "Transfer/Avg./Last"
@@ -120,17 +121,22 @@ def table(
             _list_presets(order, as_json)
         return
     setup_logging()
+    from pipeline.training.config import TrainConfig
+
+    kept = "finished runs and tasks are kept; re-run the same command to resume."
+    with clean_errors(kept):
+        base, device, report_to, extra = train_options(ctx, ctx.args)
+        if methods is not None or not (runs or extra):  # runs will be trained: a bad value fails here, once, not in
+            TrainConfig(order=order or TrainConfig.order, **base)  # every preset's row (and before torch loads)
     import torch
 
     from pipeline.tables import presets
     from pipeline.tables import table as tbl
     from pipeline.tracking import parse_report_to
-    from pipeline.training.config import TrainConfig
     from pipeline.training.tracking import TrainTracking
     from pipeline.training.train import train
 
-    with clean_errors("finished runs and tasks are kept; re-run the same command to resume."):
-        base, device, report_to, extra = train_options(ctx, ctx.args)
+    with clean_errors(kept):
         reporters = parse_report_to(report_to)  # every run the table trains reports to them
         paths = [*(runs or []), *extra]
         if methods is None and paths:  # build only
@@ -152,7 +158,6 @@ def table(
             if runs:  # the last one wins, so `make table TABLE_ARGS='--runs DIR'` can move them
                 base["runs"] = str(runs[-1])
             order = order or TrainConfig.order
-            TrainConfig(order=order, **base)  # a bad value fails here, once, not in every preset's row
             chosen = presets.resolve_presets(methods or presets.default_methods(order))
             train_fn = functools.partial(train, tracker=TrainTracking(reporters)) if reporters else train
             result = tbl.run_table(order, chosen, base,

@@ -87,18 +87,11 @@ def train(
     if gpus > 1 and "RANK" not in os.environ:
         relaunch_with_torchrun(gpus)
     setup_logging()
-    import torch
-
-    from pipeline.datasets.mtil import DatasetMissingError
-    from pipeline.models import ClipNotFoundError
     from pipeline.tracking import parse_report_to
     from pipeline.training.config import TrainConfig
-    from pipeline.training.step import NonFiniteLossError
-    from pipeline.training.tracking import TrainTracking
-    from pipeline.training.train import train as run_train
 
-    with clean_errors("finished tasks are kept (checkpoint, report); re-run the same command to resume after the "
-                      "last one."):
+    kept = "finished tasks are kept (checkpoint, report); re-run the same command to resume after the last one."
+    with clean_errors(kept):  # every value is checked here, before torch is even imported
         reporters = parse_report_to(report_to)  # an unknown or missing tracker fails before anything runs
         config = TrainConfig(
             order=order, method=method, name=name, runs=str(runs), data_root=str(data_root) if data_root else None,
@@ -114,6 +107,15 @@ def train(
             memory_size=memory_size, ewc_samples=ewc_samples, captions=str(captions), replay_captions=replay_captions,
             routing=routing, router_epochs=router_epochs, router_lr=router_lr, router_hidden=router_hidden,
         )
+    import torch
+
+    from pipeline.datasets.mtil import DatasetMissingError
+    from pipeline.models import ClipNotFoundError
+    from pipeline.training.step import NonFiniteLossError
+    from pipeline.training.tracking import TrainTracking
+    from pipeline.training.train import train as run_train
+
+    with clean_errors(kept):
         try:
             run_dir = run_train(config, TrainProgress(), torch.device(device) if device else None,
                                 tracker=TrainTracking(reporters) if reporters else None)
