@@ -84,6 +84,19 @@ def _exit_code(e: Exception) -> int | None:
     return 1 if isinstance(e, OSError) else None
 
 
+def parse_device(text: str | None):
+    """``--device``: a torch.device, or None for the command's default; a name torch does not know is a ValueError
+    (torch's own RuntimeError lists twenty device types)."""
+    if not text:
+        return None
+    import torch
+
+    try:
+        return torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device {text!r} is not a device: use cpu, cuda or cuda:N (also mps where present)") from None
+
+
 def relaunch_with_torchrun(gpus: int) -> None:
     """``--gpus N``: run this same command under torchrun with N processes (one per GPU)."""
     args, skip = [], False

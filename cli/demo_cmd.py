@@ -42,7 +42,7 @@ def run_name(row: str, method: str, order: str, seed: int) -> str | None:
 
 def demo(
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Where the demo's shard sets, runs and previews go."),
-    iterations: int = typer.Option(200, help="Training steps per mini task."),
+    iterations: int = typer.Option(200, min=1, help="Training steps per mini task."),
     seed: str = typer.Option("0", help="Training seed of the runs, or a comma-separated list (0,1,2): every seed is "
                                        "trained and each number reported as mean ± std, also in OUT/demo-summary.md."),
 ) -> None:

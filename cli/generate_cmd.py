@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import clean_errors, out, relaunch_with_torchrun, setup_logging
+from cli.common import clean_errors, out, parse_device, relaunch_with_torchrun, setup_logging
 from cli.progress import RichProgress
 
 
@@ -61,7 +61,6 @@ def generate(
 
     with clean_errors():
         catalog.get_task(task)  # an unknown name fails at once, before torch and diffusers load
-    import torch
 
     from pipeline.generation.generate import default_device, generate, resolve_spec
     from pipeline.generation.generators import Speedups
@@ -76,7 +75,7 @@ def generate(
         caption_args = {} if caption_set is None else dict(
             captions=caption_set, per_caption=10 if per_caption is None else per_caption,
             prompt_template=prompt_template or "{caption}")
-        dev = torch.device(device) if device else default_device()
+        dev = parse_device(device) or default_device()
         if dev.type == "cuda" and dev.index is None:
             dev = default_device()
         spec = resolve_spec(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import clean_errors, console, out, print_json, setup_logging
+from cli.common import clean_errors, console, out, parse_device, print_json, setup_logging
 from cli.progress import TrainProgress
 
 TABLE_HELP = (
@@ -128,7 +128,6 @@ def table(
         base, device, report_to, extra = train_options(ctx, ctx.args)
         if methods is not None or not (runs or extra):  # runs will be trained: a bad value fails here, once, not in
             TrainConfig(order=order or TrainConfig.order, **base)  # every preset's row (and before torch loads)
-    import torch
 
     from pipeline.tables import presets
     from pipeline.tables import table as tbl
@@ -161,7 +160,7 @@ def table(
             chosen = presets.resolve_presets(methods or presets.default_methods(order))
             train_fn = functools.partial(train, tracker=TrainTracking(reporters)) if reporters else train
             result = tbl.run_table(order, chosen, base,
-                                   progress=_Progress(), device=torch.device(device) if device else None,
+                                   progress=_Progress(), device=parse_device(device),
                                    out_dir=out_dir, train_fn=train_fn)
             result_table, files = result.table, result.files
             if result.reused:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import clean_errors, out, relaunch_with_torchrun, setup_logging
+from cli.common import clean_errors, out, parse_device, relaunch_with_torchrun, setup_logging
 from cli.progress import TrainProgress
 
 
@@ -107,7 +107,6 @@ def train(
             memory_size=memory_size, ewc_samples=ewc_samples, captions=str(captions), replay_captions=replay_captions,
             routing=routing, router_epochs=router_epochs, router_lr=router_lr, router_hidden=router_hidden,
         )
-    import torch
 
     from pipeline.datasets.mtil import DatasetMissingError
     from pipeline.models import ClipNotFoundError
@@ -117,7 +116,7 @@ def train(
 
     with clean_errors(kept):
         try:
-            run_dir = run_train(config, TrainProgress(), torch.device(device) if device else None,
+            run_dir = run_train(config, TrainProgress(), parse_device(device),
                                 tracker=TrainTracking(reporters) if reporters else None)
         except (ClipNotFoundError, DatasetMissingError, NonFiniteLossError) as e:
             raise ValueError(str(e)) from e

@@ -51,6 +51,12 @@ def test_train_refuses_out_of_range_values_before_any_run_directory(tmp_path, ar
     assert not runs.exists()  # nothing written that a corrected command would trip over
 
 
+def test_an_unknown_device_is_one_line_not_torchs_traceback(tmp_path):
+    r = run_gift("train", "--order", "mini", "--runs", tmp_path / "runs", "--device", "gpu")
+    refused(r, "--device 'gpu' is not a device: use cpu, cuda or cuda:N")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_table_checks_the_shared_train_options_once_before_any_preset_runs(tmp_path):
     runs = tmp_path / "runs"
     r = run_gift("table", "--order", "mini", "--methods", "finetune,gift", "--runs", runs, "--batch-size", "0")
