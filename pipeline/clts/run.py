@@ -33,7 +33,7 @@ from pipeline.evaluation.cil import StepResult, step_counts, step_result
 from pipeline.models import ClipSpec, image_size, load_clip
 from pipeline.training.captioned import CaptionRenders, find_caption_set, find_renders, write_captions_record
 from pipeline.training.config import TrainConfig, loader_workers
-from pipeline.training.rundir import finish_task, prepare_run_dir, run_log
+from pipeline.training.rundir import FILE_ONLY, finish_task, prepare_run_dir, run_log
 
 from . import features as feats
 from .heads import CltsModel, balanced, cycled, fit, predict, predict_oracle
@@ -172,7 +172,7 @@ def run_clts(config: TrainConfig, progress, device: torch.device, tracker) -> Pa
                 result = evaluate_step(model, data["test"], setting, k, config.routing, device)
                 progress.evaluated(k, name, result.row, result.extra)
                 log.info("after %s: seen %.1f  router %.1f  oracle %.1f", name, result.extra["seen"],
-                         result.extra["router"], result.extra["oracle"], extra={"file_only": True})  # shown by progress
+                         result.extra["router"], result.extra["oracle"], extra=FILE_ONLY)
                 finish_task(run_dir, state, model, k, result, protocol)
                 tracker.evaluated(k, protocol, state)
         finally:

@@ -22,6 +22,10 @@ from shards.layout import atomic_write_bytes
 
 from .config import FREE_ON_RESUME, TrainConfig
 
+# ``extra=`` of a record for train.log only: the terminal shows the same news as a progress line (the CLI's console
+# handler drops these), so it is not printed twice with other labels.
+FILE_ONLY = {"file_only": True}
+
 
 @contextmanager
 def run_log(run_dir: Path | None) -> Iterator[None]:

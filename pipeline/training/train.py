@@ -43,13 +43,11 @@ from .captioned import CaptionRenders, caption_pool_sets, write_captions_record
 from .config import TrainConfig, loader_workers, lr_at
 from .protocol import Protocol, protocol_for
 from .replay import ImageStream
-from .rundir import finish_task, prepare_run_dir, run_log
+from .rundir import FILE_ONLY, finish_task, prepare_run_dir, run_log
 from .step import LossLog, run_step
 from .synthetic import find_pool_sets
 
 log = logging.getLogger("gift.train")
-# A record for train.log only: its line is on the terminal already (the CLI's console handler drops these).
-FILE_ONLY = {"file_only": True}
 # The loops of methods that do not fine-tune CLIP (``Method.loop``), each reusing the run directory, resume, report,
 # tracking and table machinery: CLTS trains task heads and a router on frozen features.
 LOOPS = {"task-heads": run_clts}
