@@ -153,7 +153,8 @@ def curves_figure(acc: np.ndarray, seen: Sequence[float], setting: CilSetting, t
     fig, ax = plt.subplots(figsize=(8.0, 4.5))
     colors = plt.get_cmap("viridis")
     for j in range(k):
-        ax.plot(x[j:], acc[j:, j], linewidth=0.8, alpha=0.6, color=colors(j / max(1, k - 1)),
+        # a dot per point: the last step's line is a single point
+        ax.plot(x[j:], acc[j:, j], linewidth=0.8, alpha=0.6, color=colors(j / max(1, k - 1)), marker="o", markersize=2.5,
                 label=f"classes of step {j + 1}" if k <= 12 else None)  # a 50-step legend would hide the plot
     ax.plot(x, seen, marker="o", markersize=4, linewidth=2.2, color="black", label="all seen classes")
     ax.set_xlim(0.5, k + 0.5)
