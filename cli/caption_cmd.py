@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import clean_errors, out, setup_logging
+from cli.common import clean_errors, out, parse_device, setup_logging
 from cli.progress import PhaseBar
 
 
@@ -40,7 +40,10 @@ def caption(
     One process on one device: not for torchrun (refused there).
     """
     setup_logging()
-    import torch
+    from pipeline.datasets import catalog
+
+    with clean_errors():
+        catalog.get_task(task)  # an unknown name fails at once, before torch and the captioner load
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # its weight-loading bar; ours show the work
@@ -57,7 +60,7 @@ def caption(
                 task, out_dir, data_root=str(data_root) if data_root else None, split=split, per_class=per_class,
                 selection=select.value, clip=ClipSpec(clip, clip_weights), captioner=captioner, revision=revision,
                 allow_download=download, decoding=Decoding(num_beams, max_new_tokens), seed=seed,
-                shard_size=shard_size, batch_size=batch_size, device=torch.device(device) if device else None,
+                shard_size=shard_size, batch_size=batch_size, device=parse_device(device),
                 progress=progress,
             )
         except (ClipNotFoundError, DatasetMissingError) as e:

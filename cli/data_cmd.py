@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.datasets import cil, mtil
-from pipeline.datasets.mtil import CheckResult
+if TYPE_CHECKING:  # the datasets import torch: every `gift` command would pay for it at start-up
+    from pipeline.datasets.mtil import CheckResult
 
 data_app = typer.Typer(
     no_args_is_help=True,
@@ -66,6 +67,8 @@ def check_cmd(
 ) -> None:
     """Report each dataset as found / missing / broken with its image counts; exit 1 unless all are found."""
     # CIFAR100's folder is MTIL's and CIL's: reported once
+    from pipeline.datasets import cil, mtil
+
     results = mtil.check(data_root, ["cifar100"] if benchmark is Benchmark.cil else mtil.MTIL_DATASETS)
     if benchmark is not Benchmark.mtil:
         results += cil.check(data_root)

@@ -34,7 +34,7 @@ def run_name(row: str, method: str, order: str, seed: int) -> str | None:
 
 def demo(
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Where the demo's shard sets, runs and previews go."),
-    iterations: int = typer.Option(200, help="Training steps per mini task."),
+    iterations: int = typer.Option(200, min=1, help="Training steps per mini task."),
     seed: str = typer.Option("0", help="Training seed of the runs, or a comma-separated list (0,1,2): every seed is "
                                        "trained and each number reported as mean ± std, also in OUT/demo-summary.md."),
 ) -> None:
@@ -64,7 +64,7 @@ def demo(
     started = time.time()
     cpu = torch.device("cpu")
     order = catalog.get_order("mini")
-    with clean_errors():
+    with clean_errors("finished renders and runs are kept; re-run the same command to resume."):
         # Stage 1: the tiny SD pipeline renders a real task; the mini pool sets come from held-out real images.
         reference = mini.export_reference(out_dir / "mini-reference")
         jobs = [("eurosat", "tiny", None)] + [(t, f"reference:{reference}", 32) for t in
@@ -82,7 +82,7 @@ def demo(
                 raise ValueError("; ".join(report.problems))
         sheet = out_dir / "preview-eurosat.png"
         contact_sheet(next((out_dir / "shards" / "eurosat").iterdir()), sheet, n=8, columns=4)
-        shards_ls(out_dir / "shards")
+        shards_ls(str(out_dir / "shards"), as_json=False)
         # Stage 2: a tiny CLIP "pre-trained" on mini-base (shared by every seed, like the renders), then continual
         # fine-tuning over mini-a, -b, -c once per method and seed; then class-incremental mini-cil (the ten digits in
         # 5 steps of 2, one head over every seen class after each step, its own per-setting schedule).
@@ -135,7 +135,7 @@ def demo(
     tables = [*spread_table(spreads, order[0]), "", "mini-cil (class-incremental):", "",
               *cil_spread_table(cil_spreads, len(seeds), kept)]
     summary = write_summary(out_dir, seeds, iterations, tables, matrices, runs, order, minutes, cil, cil_runs)
-    out.print(f"contact sheet of the tiny SD renders: {sheet}")
+    out.print(f"contact sheet of the tiny SD renders (random weights: noise by design, a test of the pipeline): {sheet}")
     out.print(f"summary (paste-ready table, machine, per-seed runs): {summary}")
 
 
@@ -168,6 +168,9 @@ def write_summary(out_dir: Path, seeds: list[int], iterations: int, table: list[
         "one machine, but its numbers depend on the CPU (kernels sum in other orders): compare spreads, not single runs.",
         "",
         *table,
+        "",
+        f"`{out_dir}/preview-eurosat.png` shows the tiny Stable Diffusion's eurosat renders: its weights are random, so "
+        "they are noise by design (a test of rendering, shards and resume, not of image quality).",
         "",
         "Every run:",
         "",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import clean_errors, out, relaunch_with_torchrun, setup_logging
+from cli.common import clean_errors, out, parse_device, relaunch_with_torchrun, setup_logging
 from cli.progress import RichProgress
 
 
@@ -46,11 +46,11 @@ def generate(
     revision: str = typer.Option(None, help="Model revision (Hub models)."),
     download: bool = typer.Option(False, "--download", help="Allow fetching weights from the Hub (default: local files only)."),
     device: str = typer.Option(None, help="cuda | cpu (default: cuda:LOCAL_RANK when a GPU is present, else cpu)."),
-    gpus: int = typer.Option(1, help="Processes to launch with torchrun (one per GPU); rank r renders shards r, r+N, ..."),
+    gpus: int = typer.Option(1, min=1, help="Processes to launch with torchrun (one per GPU); rank r renders shards r, r+N, ..."),
     fuse_qkv: bool = typer.Option(False, "--fuse-qkv", help="Speed-up: fused query/key/value projections (numerics only: recorded per shard)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Speed-up: NHWC layout for UNet and VAE (numerics only: recorded per shard)."),
     compile_unet: bool = typer.Option(False, "--compile", help="Speed-up: torch.compile the UNet; minutes of compilation first (numerics only: recorded per shard)."),
-    report_to: str = typer.Option("", "--report-to", help="Experiment trackers, comma-separated: tensorboard, wandb (off by default; pip install -e '.[tracking]'). Rank 0 logs images/s per shard, then the set's contact sheet, under OUT/.tracking/<task>/<hash>/."),
+    report_to: str = typer.Option("", "--report-to", help="Experiment trackers, comma-separated: tensorboard, wandb (off by default; pip install -e '.\\[tracking]'). Rank 0 logs images/s per shard, then the set's contact sheet, under OUT/.tracking/<task>/<hash>/."),
     captions: Path = typer.Option(None, "--captions", help="Render a caption set (`gift caption TASK`'s OUT/<task>/<hash>) instead of the class prompts; its hash goes into the spec."),
     per_caption: int = typer.Option(None, help="With --captions: images per caption, each with its own seed (default 10)."),
     prompt_template: str = typer.Option(None, help="With --captions: the prompt, from {caption} and {class} (default '{caption}'; e.g. '{caption}, a photo of a {class}')."),
@@ -64,7 +64,10 @@ def generate(
     if gpus > 1 and "RANK" not in os.environ:
         relaunch_with_torchrun(gpus)
     setup_logging()
-    import torch
+    from pipeline.datasets import catalog
+
+    with clean_errors():
+        catalog.get_task(task)  # an unknown name fails at once, before torch and diffusers load
 
     from pipeline.generation.generate import default_device, generate, resolve_spec
     from pipeline.generation.generators import Speedups
@@ -79,7 +82,7 @@ def generate(
         caption_args = {} if caption_set is None else dict(
             captions=caption_set, per_caption=10 if per_caption is None else per_caption,
             prompt_template=prompt_template or "{caption}")
-        dev = torch.device(device) if device else default_device()
+        dev = parse_device(device) or default_device()
         if dev.type == "cuda" and dev.index is None:
             dev = default_device()
         options = dict(

@@ -87,6 +87,10 @@ class TransferBar:
             self.bar.stop()
 
 
+# CLTS's values after each step (pipeline.training.clts_run), as the progress line names them
+EXTRA_LABELS = {"router": "router picks the right step", "oracle": "with the true step's head"}
+
+
 class TrainProgress:
     """pipeline.training.train.Progress as a rich bar per task with the loss terms and steps/s."""
 
@@ -123,7 +127,16 @@ class TrainProgress:
     def end_phase(self) -> None:
         self.phases.finish()
 
-    def evaluated(self, index: int, task: str, row: list[float]) -> None:
+    def evaluated(self, index: int, task: str, row: list[float], extra: dict[str, float] | None = None) -> None:
+        """One line per evaluation, every number labelled. MTIL: each dataset, then their mean. CIL (``extra`` holds
+        ``seen``): each step's classes, then the accuracy on all classes seen so far, the number Avg. and Last
+        average; a mean of the step columns would weigh steps of unequal size alike, so none is shown."""
         row = [a for a in row if a == a]  # a CIL row: the steps seen so far (NaN: not yet)
-        out.print(f"[bold]after task {index + 1} ({task})[/]: " + "  ".join(f"{a:.1f}" for a in row)
-                  + f"   mean {sum(row) / len(row):.1f}")
+        values = "  ".join(f"{a:.1f}" for a in row)
+        if extra and "seen" in extra:
+            text = f"each step's classes {values} · [bold]all seen classes {extra['seen']:.1f}[/]"
+            text += "".join(f" · {EXTRA_LABELS.get(k, k)} {v:.1f}" for k, v in extra.items() if k != "seen")
+            out.print(f"[bold]after step {index + 1} ({task})[/]: {text}")
+        else:
+            out.print(f"[bold]after task {index + 1} ({task})[/]: each dataset {values} · "
+                      f"[bold]mean {sum(row) / len(row):.1f}[/]")

@@ -3,12 +3,14 @@ caption sets alike)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from cli.common import clean_errors, console, out
+from cli.common import clean_errors, console, out, print_json, print_whole
 from cli.progress import TransferBar
 
 shards_app = typer.Typer(no_args_is_help=True, help="Inspect, verify, preview and share shard sets and caption sets.")
@@ -27,52 +29,114 @@ def _summary(spec: dict) -> str:
     return what
 
 
+def _sets_table() -> Table:
+    # The task and the hash are what `generate`, `info` and `pull` take: never wrapped or cut; the spec wraps.
+    table = Table()
+    table.add_column("task", no_wrap=True)
+    table.add_column("hash", no_wrap=True, min_width=16)
+    table.add_column("generator", ratio=1, overflow="fold")
+    for name in ("samples", "MB", "complete"):
+        table.add_column(name, no_wrap=True)
+    return table
+
+
+def _local_root(root: str) -> Path:
+    """ROOT as a local folder of shard sets (or one set), or a ValueError saying what it is instead."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/(?!/)", root):
+        scheme, _, rest = root.partition(":")
+        raise ValueError(f"{root} is neither a folder nor a store URL: a store URL has two slashes after the scheme "
+                         f"({scheme}://{rest.lstrip('/')})")
+    path = Path(root)
+    if not path.exists():
+        raise ValueError(f"{root} does not exist: give a root of shard sets (gift generate --out, default shards-out), "
+                         "a set directory ROOT/<task>/<hash>, or a store URL (ssh://host/path, https://...)")
+    if not path.is_dir():
+        raise ValueError(f"{root} is a file: give a root of shard sets (a folder holding <task>/<hash>/manifest.json), "
+                         "a set directory, or a store URL")
+    return path
+
+
 @shards_app.command("ls")
-def shards_ls(root: str = typer.Argument("shards-out", help="Root of shard sets, or a store URL (ssh://, https://, ...).")) -> None:
-    """List the sets under ROOT, or in a store: task, spec summary, samples, bytes, complete or not."""
+def shards_ls(
+    root: str = typer.Argument("shards-out", help="Root of shard sets, or a store URL (ssh://, https://, ...)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the sets as JSON (every field, full spec hashes)."),
+) -> None:
+    """List the sets under ROOT, or in a store: task, hash, spec summary, samples, MB, complete or not; then each
+    set's path (or `pull` address), whole."""
     from shards.manifest import find_sets, load_manifest
     from shards.store import is_url
 
     if is_url(root):
-        return _store_ls(str(root))
-    with clean_errors():
-        table = Table("task", "hash", "generator", "samples", "MB", "complete", "path")
-        for path in find_sets(root):
+        return _store_ls(str(root), as_json)
+    with clean_errors("nothing was changed."):
+        rows = []
+        for path in find_sets(_local_root(str(root))):
             m = load_manifest(path)
-            table.add_row(m["task"], m["spec_hash"][:16], _summary(m["spec"]), f"{m['samples']}/{m['planned_samples']}",
-                          f"{m['bytes'] / 1e6:.1f}", "yes" if m["complete"] else "[yellow]no[/]", str(path))
-        out.print(table)
+            rows.append({"task": m["task"], "hash": m["spec_hash"][:16], "spec_hash": m["spec_hash"],
+                         "generator": _summary(m["spec"]), "samples": m["samples"],
+                         "planned_samples": m["planned_samples"], "bytes": m["bytes"], "complete": m["complete"],
+                         "path": str(path)})
+    if as_json:
+        return print_json(rows)
+    if not rows:
+        out.print(f"no shard sets under {root} (expected {root}/<task>/<hash>/manifest.json)", markup=False)
+        return
+    table = _sets_table()
+    for r in rows:
+        table.add_row(r["task"], r["hash"], r["generator"], f"{r['samples']}/{r['planned_samples']}",
+                      f"{r['bytes'] / 1e6:.1f}", "yes" if r["complete"] else "[yellow]no[/]")
+    out.print(table)
+    out.print("paths (gift shards info | verify | push PATH):")
+    for r in rows:
+        print_whole(r["path"])
 
 
-def _store_ls(url: str) -> None:
+def _store_ls(url: str, as_json: bool) -> None:
     from shards.store import list_sets, open_store
 
-    with clean_errors():
+    with clean_errors("nothing was changed."):
         store = open_store(url)
-        table = Table("task", "hash", "generator", "samples", "MB", "complete", "pull with")
+        rows = []
         for s in list_sets(store):
-            address = store.address(f"{s.task}/{s.hash16}")
-            if s.manifest is None:
-                state = f"[red]invalid[/] ({s.problem})" if s.problem else "[yellow]no manifest[/] (push in progress or interrupted)"
-                table.add_row(s.task, s.hash16, "", "", "", state, "")
-                continue
             m = s.manifest
-            table.add_row(m["task"], s.hash16, _summary(m["spec"]), f"{m['samples']}/{m['planned_samples']}",
-                          f"{m['bytes'] / 1e6:.1f}", "yes" if m["complete"] else "[yellow]no[/]", address)
-        out.print(table)
+            row = {"task": s.task, "hash": s.hash16, "address": store.address(f"{s.task}/{s.hash16}"),
+                   "problem": s.problem if m is None else None}
+            if m is not None:
+                row.update(spec_hash=m["spec_hash"], generator=_summary(m["spec"]), samples=m["samples"],
+                           planned_samples=m["planned_samples"], bytes=m["bytes"], complete=m["complete"])
+            rows.append(row)
+    if as_json:
+        return print_json(rows)
+    if not rows:
+        out.print(f"no shard sets in {url}", markup=False)
+        return
+    table = _sets_table()
+    for r in rows:
+        if "spec_hash" not in r:
+            state = (f"[red]invalid[/] ({escape(r['problem'])})" if r["problem"]
+                     else "[yellow]no manifest[/] (push in progress or interrupted)")
+            table.add_row(r["task"], r["hash"], "", "", "", state)
+            continue
+        table.add_row(r["task"], r["hash"], r["generator"], f"{r['samples']}/{r['planned_samples']}",
+                      f"{r['bytes'] / 1e6:.1f}", "yes" if r["complete"] else "[yellow]no[/]")
+    out.print(table)
+    out.print("pull with:")
+    for r in rows:
+        if "spec_hash" in r:
+            print_whole(f"gift shards pull {r['address']}")
 
 
 @shards_app.command("push")
 def shards_push(
     set_path: Path = typer.Argument(..., help="A set directory (ROOT/<task>/<hash>), or a root: every set under it."),
-    dest: str = typer.Argument(..., help="Store: a directory (shared/NFS mount), ssh://[user@]host[:port]/path, or any fsspec URL."),
+    dest: str = typer.Argument(..., help="Store: a directory (shared/NFS mount), ssh://\\[user@]host\\[:port]/path, or any fsspec URL."),
 ) -> None:
     """Publish complete, verified sets to a store: content-addressed, resumable, the manifest written last."""
     from shards.manifest import find_sets, load_manifest
     from shards.push import push_set
     from shards.store import open_store
 
-    with clean_errors():
+    with clean_errors("files already sent are kept (the manifest goes last); re-run the same command to resume."):
         sets = find_sets(set_path)
         if not sets:
             raise ValueError(f"no shard set under {set_path} (expected ROOT/<task>/<hash>/manifest.json)")
@@ -105,7 +169,7 @@ def shards_pull(
     from shards.pull import parse_address, pull_set
     from shards.store import open_store
 
-    with clean_errors():
+    with clean_errors("files already fetched and verified are kept; re-run the same command to resume."):
         url, task, hash16, full = parse_address(address)
         r = pull_set(open_store(url), task, hash16, dest, TransferBar(), full_hash=full)
     out.print(f"[green]pulled[/] {r.set_path}: {len(r.downloaded)} shards fetched ({r.bytes_received / 1e6:.1f} MB), "
@@ -118,7 +182,7 @@ def shards_info(set_path: Path = typer.Argument(..., help="A set directory (ROOT
     from shards.captions import caption_bytes, read_caption_rows
     from shards.manifest import CAPTIONS, load_manifest, set_kind
 
-    with clean_errors():
+    with clean_errors("nothing was changed."):
         m = load_manifest(set_path)
         out.print(f"[bold]{m['task']}[/] {m['spec_hash']}  ({'complete' if m['complete'] else 'incomplete'})")
         if set_kind(m["spec"]) == CAPTIONS:
@@ -170,7 +234,7 @@ def shards_preview(
     """Write a contact sheet of N samples captioned with their prompts."""
     from shards.preview import contact_sheet
 
-    with clean_errors():
+    with clean_errors("nothing was changed."):
         if out_file.exists() and not force:
             raise ValueError(f"{out_file} exists; pass --force to overwrite it or choose another --out")
         shown = contact_sheet(set_path, out_file, n=n, columns=columns)

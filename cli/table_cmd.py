@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import clean_errors, console, out, parse_seeds, setup_logging
+from cli.common import clean_errors, console, out, parse_device, parse_seeds, print_json, setup_logging
 from cli.progress import TrainProgress
 
 TABLE_HELP = (
@@ -63,8 +63,8 @@ def parse_train_options(ctx: typer.Context, args: list[str], skip: tuple[str, ..
     return sub, kwargs
 
 
-def _list_presets(order: str | None) -> None:
-    from rich.table import Table
+def _list_presets(order: str | None, as_json: bool) -> None:
+    from rich.table import Column, Table
 
     from pipeline.datasets import catalog
     from pipeline.tables.presets import ALIASES, GROUPS, all_presets, default_methods, resolve_presets
@@ -72,20 +72,30 @@ def _list_presets(order: str | None) -> None:
     from pipeline.training.config import TrainConfig, setting_defaults
 
     order = order or "I"
+    catalog.get_order(order)  # an unknown order is an error, not an MTIL listing
     cil = catalog.is_cil(order)
     chosen = resolve_presets(default_methods(order)) if cil else list(all_presets().values())
     metrics = "Avg./Last" if cil else "Transfer/Avg./Last"
-    table = Table("preset", "method", "overrides", "paper row", f"published {metrics} ({order})")
+    rows = []
     for p in chosen:
         pub = p.published_for(order)
-        shown = [v for v in pub[1 if cil else 0 :]] if pub else None
         overrides = dict(p.overrides)
         if cil:  # the setting's values this method runs with (the harness's), beyond the common defaults
             common = setting_defaults(order, "gift")
             overrides.update({k: v for k, v in setting_defaults(order, p.method).items() if common.get(k) != v})
-        table.add_row(p.name, p.method, ", ".join(f"{k}={v}" for k, v in overrides.items()), p.label_for(order),
-                      "/".join(f"{v:g}" for v in shown) + (f" ({p.source_for(order)})" if p.source_for(order) else "")
-                      if shown else "–")
+        rows.append({"preset": p.name, "method": p.method, "overrides": overrides, "paper_row": p.label_for(order),
+                     "published": {k: None if v != v else v  # NaN (not published) is no JSON number
+                                   for k, v in zip(metrics.replace(".", "").split("/"), pub[1 if cil else 0:],
+                                                   strict=True)} if pub else None,
+                     "source": p.source_for(order) or None})
+    if as_json:
+        return print_json({"order": order, "presets": rows, "aliases": dict(ALIASES), "groups": dict(GROUPS)})
+    table = Table(Column("preset", no_wrap=True), "method", "overrides", "paper row",  # preset: what --methods takes
+                  f"published {metrics} ({order})")
+    for r in rows:
+        published = "/".join("nan" if v is None else f"{v:g}" for v in r["published"].values()) if r["published"] else "–"
+        table.add_row(r["preset"], r["method"], ", ".join(f"{k}={v}" for k, v in r["overrides"].items()),
+                      r["paper_row"], published + (f" ({r['source']})" if r["published"] and r["source"] else ""))
     out.print(table)
     if cil:
         defaults = TrainConfig(order=order, method="gift")
@@ -114,25 +124,30 @@ def table(
                              "is trained (or reused) once per seed, seed N > 0 in <run>-seedN as `gift demo --seed` "
                              "names it, and each cell is mean ± std over the seeds -> table-<order>-seeds0-1-2.md."),
     list_presets: bool = typer.Option(False, "--list", help="List presets, aliases and groups, then exit."),
+    as_json: bool = typer.Option(False, "--json", help="With --list: print the presets, aliases and groups as JSON."),
 ) -> None:
     if list_presets:
         with clean_errors():
-            _list_presets(order)
+            _list_presets(order, as_json)
         return
     seeds = parse_seeds(seed)
     setup_logging()
-    import torch
+    from pipeline.training.config import TrainConfig
+
+    kept = "finished runs and tasks are kept; re-run the same command to resume."
+    with clean_errors(kept):
+        base, device, report_to, extra = train_options(ctx, ctx.args)
+        if methods is not None or not (runs or extra):  # runs will be trained: a bad value fails here, once, not in
+            TrainConfig(order=order or TrainConfig.order, **base)  # every preset's row (and before torch loads)
 
     from pipeline.datasets.required import MissingDatasetsError, require_datasets
     from pipeline.tables import presets
     from pipeline.tables import table as tbl
     from pipeline.tracking import parse_report_to
-    from pipeline.training.config import TrainConfig
     from pipeline.training.tracking import TrainTracking
     from pipeline.training.train import train
 
-    with clean_errors():
-        base, device, report_to, extra = train_options(ctx, ctx.args)
+    with clean_errors(kept):
         reporters = parse_report_to(report_to)  # every run the table trains reports to them
         paths = [*(runs or []), *extra]
         if methods is None and paths:  # build only
@@ -161,7 +176,7 @@ def table(
                 raise ValueError(str(e)) from None
             train_fn = functools.partial(train, tracker=TrainTracking(reporters)) if reporters else train
             result = tbl.run_table(order, chosen, base,
-                                   progress=_Progress(), device=torch.device(device) if device else None,
+                                   progress=_Progress(), device=parse_device(device),
                                    out_dir=out_dir, train_fn=train_fn, seeds=seeds)
             result_table, files = result.table, result.files
             if result.reused:
@@ -207,5 +222,5 @@ class _Progress:
     def end_phase(self) -> None:
         self.bars.end_phase()
 
-    def evaluated(self, index, task, row) -> None:
-        self.bars.evaluated(index, task, row)
+    def evaluated(self, index, task, row, extra=None) -> None:
+        self.bars.evaluated(index, task, row, extra)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import clean_errors, out, relaunch_with_torchrun, setup_logging
+from cli.common import clean_errors, out, parse_device, relaunch_with_torchrun, setup_logging
 from cli.progress import TrainProgress
 
 
@@ -15,12 +15,15 @@ def _class_order(path: Path | None) -> str | None:
     """``--class-order FILE`` -> its labels as text ("87,0,52,..."), so the run records the order itself."""
     if path is None:
         return None
-    from pipeline.datasets.catalog import parse_class_order
+    from pipeline.datasets.catalog import CilSettingError, parse_class_order
 
     if not path.is_file():
         raise typer.BadParameter(f"{path} does not exist (a file listing the original labels in class order, e.g. "
                                  "the harness's class_order: [87, 0, 52, ...])")
-    labels = parse_class_order(path.read_text(encoding="utf-8", errors="replace"))
+    try:
+        labels = parse_class_order(path.read_text(encoding="utf-8", errors="replace"))
+    except CilSettingError as e:
+        raise typer.BadParameter(f"{path}, {e}") from None
     if not labels:
         raise typer.BadParameter(f"{path} holds no labels (expected e.g. class_order: [87, 0, 52, ...])")
     return ",".join(map(str, labels))
@@ -77,25 +80,18 @@ def train(
     router_lr: float = typer.Option(1e-3, help="clts: the router's AdamW learning rate (the heads use --lr, default 1e-3 for clts)."),
     router_hidden: int = typer.Option(512, help="clts: hidden width of the 2-layer MLP router."),
     device: str = typer.Option(None, help="cuda | cpu (default: cuda when present)."),
-    gpus: int = typer.Option(1, help="Processes to launch with torchrun (one per GPU; DistributedDataParallel)."),
-    report_to: str = typer.Option("", "--report-to", help="Experiment trackers, comma-separated: tensorboard, wandb (off by default; pip install -e '.[tracking]'). Rank 0 logs losses, lr, steps/s, accuracy rows, the summary and the figures under the run directory; a resumed run continues the same log / W&B run."),
+    gpus: int = typer.Option(1, min=1, help="Processes to launch with torchrun (one per GPU; DistributedDataParallel)."),
+    report_to: str = typer.Option("", "--report-to", help="Experiment trackers, comma-separated: tensorboard, wandb (off by default; pip install -e '.\\[tracking]'). Rank 0 logs losses, lr, steps/s, accuracy rows, the summary and the figures under the run directory; a resumed run continues the same log / W&B run."),
 ) -> None:
     """Continual fine-tuning over an order, evaluating every dataset after each task; resumable."""
     if gpus > 1 and "RANK" not in os.environ:
         relaunch_with_torchrun(gpus)
     setup_logging()
-    import torch
-
-    from pipeline.datasets.mtil import DatasetMissingError
-    from pipeline.datasets.required import MissingDatasetsError
-    from pipeline.models import ClipNotFoundError
     from pipeline.tracking import parse_report_to
     from pipeline.training.config import TrainConfig
-    from pipeline.training.step import NonFiniteLossError
-    from pipeline.training.tracking import TrainTracking
-    from pipeline.training.train import train as run_train
 
-    with clean_errors():
+    kept = "finished tasks are kept (checkpoint, report); re-run the same command to resume after the last one."
+    with clean_errors(kept):  # every value is checked here, before torch is even imported
         reporters = parse_report_to(report_to)  # an unknown or missing tracker fails before anything runs
         config = TrainConfig(
             order=order, method=method, name=name, runs=str(runs), data_root=str(data_root) if data_root else None,
@@ -111,8 +107,17 @@ def train(
             memory_size=memory_size, ewc_samples=ewc_samples, captions=str(captions), replay_captions=replay_captions,
             routing=routing, router_epochs=router_epochs, router_lr=router_lr, router_hidden=router_hidden,
         )
+
+    from pipeline.datasets.mtil import DatasetMissingError
+    from pipeline.datasets.required import MissingDatasetsError
+    from pipeline.models import ClipNotFoundError
+    from pipeline.training.step import NonFiniteLossError
+    from pipeline.training.tracking import TrainTracking
+    from pipeline.training.train import train as run_train
+
+    with clean_errors(kept):
         try:
-            run_dir = run_train(config, TrainProgress(), torch.device(device) if device else None,
+            run_dir = run_train(config, TrainProgress(), parse_device(device),
                                 tracker=TrainTracking(reporters) if reporters else None)
         except (ClipNotFoundError, DatasetMissingError, MissingDatasetsError, NonFiniteLossError) as e:
             raise ValueError(str(e)) from e

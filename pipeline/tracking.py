@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.names import unknown_name
+
 REPORTERS = ("tensorboard", "wandb")
 STATE = "tracking.json"
 WANDB_PROJECT = "gift-cl"  # unless WANDB_PROJECT says otherwise
@@ -51,8 +53,8 @@ def parse_report_to(text: str | None) -> tuple[str, ...]:
         return ()
     for name in names:
         if name not in REPORTERS:
-            raise TrackingError(f"unknown --report-to {name!r}; choose {' or '.join(REPORTERS)}, or both "
-                                "comma-separated (tensorboard,wandb)")
+            raise TrackingError(unknown_name("--report-to tracker", name, REPORTERS,
+                                             more=", or both comma-separated (tensorboard,wandb)"))
     for name in names:
         try:
             __import__(name)  # `torch.utils.tensorboard` needs the `tensorboard` package itself

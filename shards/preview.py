@@ -17,6 +17,9 @@ MARGIN = 3  # pixels between a caption and its cell's edges
 MIN_FONT_PX = 12
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+# Printed above the renders of the tiny generator: its random weights draw noise, whatever the prompt says
+TINY_NOTE = ("Tiny Stable Diffusion with random, untrained weights: these images are noise by design. They test the "
+             "pipeline (shards, seeds, resume), not image quality; sd15 renders real images.")
 
 
 def caption_font(cell: int) -> Font:
@@ -62,7 +65,8 @@ def caption_lines(text: str, font: Font, width: int, max_lines: int = CAPTION_LI
 def contact_sheet(set_path: Path, out: Path, *, n: int = 16, columns: int = 4, cell: int = 256) -> int:
     """Write a PNG grid of ``n`` samples evenly spaced over the set; returns how many were shown.
 
-    Plans are class-major, so even spacing shows many classes rather than the first one's images.
+    Plans are class-major, so even spacing shows many classes rather than the first one's images. A set of the
+    ``tiny`` generator gets :data:`TINY_NOTE` above its grid, so nobody takes its noise for a broken render.
     """
     manifest = load_manifest(set_path)
     if set_kind(manifest["spec"]) == CAPTIONS:
@@ -80,10 +84,15 @@ def contact_sheet(set_path: Path, out: Path, *, n: int = 16, columns: int = 4, c
     line_h = ascent + descent + 2
     rows = -(-len(samples) // columns)
     cell_h = cell + line_h * CAPTION_LINES + 2 * MARGIN
-    sheet = Image.new("RGB", (columns * cell, rows * cell_h), "white")
+    tiny = manifest["spec"].get("generator") == "tiny"
+    note = caption_lines(TINY_NOTE, font, columns * cell - 2 * MARGIN, max_lines=8) if tiny else []
+    top = line_h * len(note) + (2 * MARGIN if note else 0)
+    sheet = Image.new("RGB", (columns * cell, top + rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
+    for j, line in enumerate(note):
+        draw.text((MARGIN, MARGIN + j * line_h), line, fill="firebrick", font=font)
     for k, sample in enumerate(samples):
-        x, y = (k % columns) * cell, (k // columns) * cell_h
+        x, y = (k % columns) * cell, top + (k // columns) * cell_h
         image = sample.pil()
         scale = cell / max(image.size)  # up or down: tiny renders are 32-64 px
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC)

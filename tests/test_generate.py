@@ -252,8 +252,11 @@ def test_ls_info_and_preview(reference_set, tmp_path):
     sheet = tmp_path / "grid.png"
     r = run_gift("shards", "preview", reference_set, "--out", sheet, "--n", "6", "--columns", "3")
     assert r.returncode == 0, r.stderr
-    with Image.open(sheet) as im:
-        assert im.size == (3 * 256, 2 * (256 + 3 * 20 + 6))  # 256-px cells, three caption lines of 14-px text
+    from shards.preview import TINY_NOTE, caption_font, caption_lines
+
+    note = 20 * len(caption_lines(TINY_NOTE, caption_font(256), 3 * 256 - 6, max_lines=8)) + 6  # tiny SD: noise
+    with Image.open(sheet) as im:  # 256-px cells, three caption lines of 14-px text, under the tiny generator's note
+        assert im.size == (3 * 256, note + 2 * (256 + 3 * 20 + 6))
     r = run_gift("shards", "preview", reference_set, "--out", sheet)
     assert r.returncode == 2 and "--force" in r.stderr
 
@@ -277,9 +280,12 @@ def test_contact_sheet_captions_are_legible_and_stay_in_their_cell(reference_set
     sheet = tmp_path / "small.png"
     assert contact_sheet(reference_set, sheet, n=4, columns=2, cell=96) == 4
     ink = np.asarray(Image.open(sheet).convert("L")) < 128
-    cell_h = ink.shape[0] // 2
+    ascent, descent = font.getmetrics()
+    cell_h = 96 + (ascent + descent + 2) * CAPTION_LINES + 6
+    top = ink.shape[0] - 2 * cell_h  # the tiny generator's note above the grid
+    assert top > 0
     for row in range(2):
-        caption = ink[row * cell_h + 96 : (row + 1) * cell_h]
+        caption = ink[top + row * cell_h + 96 : top + (row + 1) * cell_h]
         assert caption.any(axis=1).sum() > 14  # more than one line of text
         for col in range(2):
             columns_with_ink = np.flatnonzero(caption[:, col * 96 : (col + 1) * 96].any(axis=0))

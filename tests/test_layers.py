@@ -20,8 +20,9 @@ SOURCES = ("pipeline", "shards", "cli")
 # Bottom to top. A package may import every package of the layers below its own and, inside its own layer, only the
 # packages listed beside it. A new package goes into one layer here and in docs/design.md.
 LAYERS: list[tuple[str, dict[str, set[str]]]] = [
-    ("foundation", {"pipeline": set(), "pipeline.models": {"pipeline.hub"}, "pipeline.dist": set(), "pipeline.tracking": set(),
-                    "pipeline.hub": set(), "pipeline.datasets": set(), "shards": set()}),
+    ("helpers", {"pipeline": set(), "pipeline.names": set(), "pipeline.hub": set()}),
+    ("foundation", {"pipeline.models": set(), "pipeline.dist": set(), "pipeline.tracking": set(),
+                    "pipeline.datasets": set(), "shards": set()}),
     ("stage 1", {"pipeline.generation": set(), "pipeline.captioning": {"pipeline.generation"}}),
     ("parts", {"pipeline.losses": set(), "pipeline.replay": set(), "pipeline.evaluation": set(),
                "pipeline.clts": {"pipeline.evaluation"}}),

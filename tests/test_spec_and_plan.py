@@ -57,7 +57,7 @@ def test_defaults_follow_the_reference():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"task": "aircarft"}, "unknown task 'aircarft'; valid tasks: aircraft"),
+        ({"task": "aircarft"}, r"unknown task 'aircarft' \(did you mean aircraft\?\); valid tasks: aircraft"),
         ({"scheduler": "euler"}, "unknown scheduler 'euler'; choose one of pndm, ddim, dpm-solver"),
         ({"per_class": 0}, "--per-class must be positive"),
         ({"steps": -1}, "--steps must be positive"),

@@ -145,7 +145,7 @@ def test_presets_groups_and_aliases_resolve():
 
 
 def test_unknown_preset_lists_the_choices():
-    with pytest.raises(ValueError, match=r"unknown preset 'gfit'; choose presets from .*finetune.*gift-cd.* groups .*table3"):
+    with pytest.raises(ValueError, match=r"unknown preset 'gfit' \(did you mean gift\b.*\); valid presets: .*finetune.*gift-cd.*table3"):
         presets.resolve_presets("finetune,gfit")
     with pytest.raises(ValueError, match="MoE-Adapter .* not implemented"):
         presets.resolve_presets("moe-adapter")

@@ -83,7 +83,7 @@ def wandb_history(run_file: Path) -> dict[int, dict[str, float]]:
 def test_report_to_is_checked_before_anything_runs(workspace, tmp_path):
     root, _ = workspace
     r = run_gift(*cli_args(workspace, "--name", "badtracker", "--report-to", "tensorboard,mlflow"))
-    assert r.returncode == 2 and "unknown --report-to 'mlflow'; choose tensorboard or wandb" in " ".join(r.stderr.split())
+    assert r.returncode == 2 and "unknown --report-to tracker 'mlflow'; valid --report-to trackers: tensorboard, wandb" in " ".join(r.stderr.split())
     # a backend whose package is missing: `sys.modules[name] = None` is Python's own way to make its import fail
     for args, missing in ((cli_args(workspace, "--name", "badtracker", "--report-to", "wandb"), "wandb"),
                           ([*GENERATE, "--out", tmp_path, "--report-to", "tensorboard"], "tensorboard")):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+from pipeline.names import unknown_name
+
 IMAGENET = "imagenet"
 IMAGENET_TEMPLATE = "a photo of a {}."
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -95,8 +97,8 @@ def get_task(name: str) -> Task:
         return Task(name, *MINI_TASKS[name])
     classnames = _load("mtil_classnames.json")
     if name not in classnames:
-        raise UnknownTaskError(f"unknown task {name!r}; valid tasks: {', '.join(task_names(mini=True))}, "
-                               f"{', '.join(CIL_POOL_TASKS)}, or a CIL step such as cifar100-10/01")
+        raise UnknownTaskError(unknown_name("task", name, [*task_names(mini=True), *CIL_POOL_TASKS],
+                                            more=", or a CIL step such as cifar100-10/01"))
     return Task(name, tuple(classnames[name]), tuple(_load("mtil_templates.json")[name]))
 
 
@@ -112,8 +114,8 @@ def get_order(name: str) -> list[str]:
         return get_setting(name).step_names
     all_orders = orders(mini=True)
     if name not in all_orders:
-        raise UnknownTaskError(f"unknown order {name!r}; valid orders: {', '.join(all_orders)} (MTIL), "
-                               f"{', '.join(cil_settings())} (CIL)")
+        raise UnknownTaskError(unknown_name("order", name, [*all_orders, *cil_settings()],
+                                            more=f" (MTIL: {', '.join(all_orders)}; the others are CIL settings)"))
     return all_orders[name]
 
 
@@ -249,8 +251,38 @@ class CilSetting:
 
 
 def parse_class_order(text: str) -> tuple[int, ...]:
-    """Every integer of ``text``, in order (so a JSON list, a YAML ``class_order: [..]`` or one a line all work)."""
-    return tuple(int(x) for x in re.findall(r"-?\d+", text))
+    """The labels of a class-order file, in order: a JSON list, the harness's YAML ``class_order: [87, 0, ...]`` (or
+    its ``- 87`` block list), or labels one a line / comma-separated; ``#`` starts a comment.
+
+    Anything else is a :class:`CilSettingError` naming the line: a word that is not a label, another YAML key, a
+    ``[`` never closed or a ``]`` never opened."""
+    labels: list[int] = []
+    opened = None  # the line of an open '['
+    for number, line in enumerate(text.splitlines(), 1):
+        body = line.split("#", 1)[0].strip()
+        key = re.match(r"([A-Za-z_][\w-]*)\s*:(?!\S)", body)  # a YAML key (not a `- 87` item)
+        if key:
+            if key.group(1) != "class_order":
+                raise CilSettingError(f"line {number}: {key.group(1)!r} is not class_order (the file lists labels, "
+                                      "e.g. class_order: [87, 0, 52, ...])")
+            body = body[key.end():]
+        for token in re.findall(r"[\[\]]|[^\s,\[\]]+", body):
+            if token == "[":
+                if opened is not None:
+                    raise CilSettingError(f"line {number}: a list inside the list opened on line {opened}")
+                opened = number
+            elif token == "]":
+                if opened is None:
+                    raise CilSettingError(f"line {number}: ']' closes no list")
+                opened = None
+            elif token != "-":  # a YAML block item
+                if not re.fullmatch(r"-?\d+", token):
+                    whole = f" in {line.strip()!r}" if line.strip() != token else ""
+                    raise CilSettingError(f"line {number}: {token!r}{whole} is not a class label (a whole number)")
+                labels.append(int(token))
+    if opened is not None:
+        raise CilSettingError(f"line {opened}: the list opened with '[' is never closed")
+    return tuple(labels)
 
 
 def cil_dataset_classnames(dataset: str) -> tuple[str, ...]:
@@ -312,7 +344,7 @@ def get_setting(name: str, class_order: str | None = None) -> CilSetting:
     """A CIL setting by name (with ``class_order`` replacing its own); an unknown name lists the valid ones."""
     settings = cil_settings()
     if name not in settings:
-        raise UnknownTaskError(f"unknown CIL setting {name!r}; valid settings: {', '.join(settings)}")
+        raise UnknownTaskError(unknown_name("CIL setting", name, settings))
     return settings[name].with_order(class_order)
 
 

@@ -141,6 +141,11 @@ def results_markdown(acc: np.ndarray, seen: Sequence[float], setting: CilSetting
     return "\n".join(lines)
 
 
+def step_heatmap_figure(acc: np.ndarray, steps: Sequence[str], title: str):
+    """The step matrix as a heat map: its columns are the test images of each step's classes, not datasets."""
+    return heatmap_figure(acc, steps, title, columns="test images of the classes of step", rows="after training step")
+
+
 def curves_figure(acc: np.ndarray, seen: Sequence[float], setting: CilSetting, title: str):
     """Accuracy on all seen classes after each step (bold), and on each step's classes from the step it is learnt."""
     k, _ = acc.shape
@@ -148,7 +153,9 @@ def curves_figure(acc: np.ndarray, seen: Sequence[float], setting: CilSetting, t
     fig, ax = plt.subplots(figsize=(8.0, 4.5))
     colors = plt.get_cmap("viridis")
     for j in range(k):
-        ax.plot(x[j:], acc[j:, j], linewidth=0.8, alpha=0.6, color=colors(j / max(1, k - 1)))
+        # a dot per point: the last step's line is a single point
+        ax.plot(x[j:], acc[j:, j], linewidth=0.8, alpha=0.6, color=colors(j / max(1, k - 1)), marker="o", markersize=2.5,
+                label=f"classes of step {j + 1}" if k <= 12 else None)  # a 50-step legend would hide the plot
     ax.plot(x, seen, marker="o", markersize=4, linewidth=2.2, color="black", label="all seen classes")
     ax.set_xlim(0.5, k + 0.5)
     ax.set_ylim(0, 100)
@@ -156,7 +163,8 @@ def curves_figure(acc: np.ndarray, seen: Sequence[float], setting: CilSetting, t
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3)
     ax.set_title(f"{title}  (thin lines: each step's classes)")
-    ax.legend(loc="lower left", fontsize=8, frameon=False)
+    # beside the axes: the lines of the early steps run along the bottom where a legend inside would cover them
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return fig
 
 
@@ -182,6 +190,6 @@ def write_cil_report(run_dir: Path, *, setting: CilSetting, acc: np.ndarray, see
         "csv": _atomic_write_text(run_dir / "acc_matrix.csv", matrix_csv(acc, seen, setting)),
         "npy": _atomic_write(run_dir / "acc_matrix.npy", lambda fh: np.save(fh, acc, allow_pickle=False)),
         "md": _atomic_write_text(run_dir / "results.md", md),
-        "heatmap": _save_figure(heatmap_figure(acc, setting.step_names, fig_title), run_dir / "acc_matrix.png"),
+        "heatmap": _save_figure(step_heatmap_figure(acc, setting.step_names, fig_title), run_dir / "acc_matrix.png"),
         "curves": _save_figure(curves_figure(acc, seen, setting, fig_title), run_dir / "curves.png"),
     }

@@ -214,9 +214,11 @@ def _save_figure(fig: plt.Figure, path: Path) -> Path:
         plt.close(fig)
 
 
-def heatmap_figure(acc: np.ndarray, names: Sequence[str], title: str) -> plt.Figure:
-    """Heat map of a ``(k, T)`` matrix: rows 'after task i', columns datasets, every cell annotated (NaN cells, as
-    above a CIL matrix's diagonal, are left blank; beyond 20 columns the cells are not annotated)."""
+def heatmap_figure(acc: np.ndarray, names: Sequence[str], title: str, columns: str = "test dataset",
+                   rows: str = "after task") -> plt.Figure:
+    """Heat map of a ``(k, T)`` matrix: rows '``rows`` i', columns ``columns`` (datasets; a CIL run's steps), every cell
+    annotated (NaN cells, as above a CIL matrix's diagonal, are left blank; beyond 20 columns the cells are not
+    annotated)."""
     k, t = acc.shape
     scale = 1.0 if t <= 20 else 20 / t  # a 50-step CIL matrix keeps a readable figure size
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * t * scale, 1.4 + 0.55 * k * scale))
@@ -240,7 +242,8 @@ def heatmap_figure(acc: np.ndarray, names: Sequence[str], title: str) -> plt.Fig
             )
     ax.set_xticks(range(t), labels=list(names), rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(k), labels=[f"after {i + 1}: {names[i]}" for i in range(k)])
-    ax.set_xlabel("test dataset")
+    ax.set_xlabel(columns)
+    ax.set_ylabel(rows)
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="top-1 accuracy (%)", fraction=0.04, pad=0.02)
     return fig

@@ -1,5 +1,7 @@
 """Continual-learning methods, one small file each, plugged into one loop (see ``base.py``)."""
 
+from pipeline.names import unknown_name
+
 from .base import Kept, Method, SynthBatch, TaskContext
 from .clts import Clts
 from .ewc import EWC
@@ -29,7 +31,7 @@ METHODS: dict[str, type[Method]] = {
 
 def get_method(name: str) -> type[Method]:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+        raise ValueError(unknown_name("method", name, METHODS))
     return METHODS[name]
 
 

@@ -28,6 +28,7 @@ from pipeline.datasets import catalog
 from pipeline.evaluation import report
 from pipeline.evaluation.cil_report import CLIP_ROWS, published_cil, published_for_method
 from pipeline.methods import METHODS
+from pipeline.names import unknown_name
 from pipeline.training.config import TrainConfig
 from pipeline.training.paper_setting import comparable, config_defaults
 
@@ -243,8 +244,7 @@ def resolve_presets(spec: str | Sequence[str]) -> list[Preset]:
             if name in NOT_IMPLEMENTED:
                 raise ValueError(NOT_IMPLEMENTED[name])
             if name not in registry:
-                raise ValueError(f"unknown preset {name!r}; choose presets from {', '.join(registry)} "
-                                 f"(aliases: {', '.join(ALIASES)}) or groups {', '.join(GROUPS)}")
+                raise ValueError(unknown_name("preset", name, [*registry, *ALIASES, *GROUPS]))  # groups last
             if registry[name] not in out:
                 out.append(registry[name])
     return out

@@ -37,7 +37,7 @@ from pipeline.replay.captioned import CaptionRenders, find_caption_set, find_ren
 
 from .clts_report import CltsProtocol
 from .config import TrainConfig, loader_workers
-from .rundir import finish_task, prepare_run_dir, run_log
+from .rundir import FILE_ONLY, finish_task, prepare_run_dir, run_log
 
 log = logging.getLogger("gift.clts")
 LOG_EVERY = 10  # metrics.jsonl rows: every 10 steps and each phase's last, as the fine-tuning loop
@@ -170,9 +170,9 @@ def run_clts(config: TrainConfig, progress, device: torch.device, tracker) -> Pa
                 _train_step(config, model, data, setting, plans[k], k, name, device, run_dir, progress, tracker,
                             offsets[k])
                 result = evaluate_step(model, data["test"], setting, k, config.routing, device)
-                progress.evaluated(k, name, result.row)
+                progress.evaluated(k, name, result.row, result.extra)
                 log.info("after %s: seen %.1f  router %.1f  oracle %.1f", name, result.extra["seen"],
-                         result.extra["router"], result.extra["oracle"])
+                         result.extra["router"], result.extra["oracle"], extra=FILE_ONLY)
                 finish_task(run_dir, state, model, k, result, protocol)
                 tracker.evaluated(k, protocol, state)
         finally:

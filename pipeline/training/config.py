@@ -104,6 +104,7 @@ class TrainConfig:
                 object.__setattr__(self, key, value)  # frozen: filled once, here
         if self.class_order is not None and not catalog.is_cil(self.order):
             raise ValueError(f"--class-order applies to CIL settings, not to order {self.order!r}")
+        check_values(self)
 
     @property
     def run_name(self) -> str:
@@ -119,6 +120,58 @@ class TrainConfig:
         if self.iterations is not None:
             return self.iterations
         return max(1, math.ceil(self.epochs * images / self.batch_size))
+
+
+# The words a field accepts (the methods check them again where they are used; here they fail before any run
+# directory or model exists, for `gift train` and `gift table` alike).
+CHOICES: dict[str, tuple[str, ...]] = {"precision": ("fp32", "bf16"), "ita_target": ("code", "paper"),
+                                       "distill": ("contrastive", "feature", "image-only", "text-only"),
+                                       "routing": ("hard", "soft")}
+# Numeric fields: (lowest, whether it is allowed itself, highest or None, whether it is allowed itself). None values
+# (a setting's default, filled in before the check) are never checked.
+RANGES: dict[str, tuple[float, bool, float | None, bool]] = {
+    **dict.fromkeys(("batch_size", "synthetic_batch", "synthetic_budget", "iterations", "random_texts",
+                     "ensemble_every", "ewc_samples", "router_hidden"), (1, True, None, True)),
+    **dict.fromkeys(("warmup", "weight_decay", "seed", "workers", "alpha", "beta", "lam", "l2_weight", "memory_size"),
+                    (0, True, None, True)),
+    **dict.fromkeys(("epochs", "lr", "temperature", "router_epochs", "router_lr"), (0, False, None, True)),
+    "label_smoothing": (0, True, 1, False), "wise_alpha": (0, True, 1, True),
+}
+OPTION_NAMES = {"clip_arch": "--clip"}  # a field's `gift train` option, where it is not --<field-with-dashes>
+
+
+def option_name(field: str) -> str:
+    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def check_values(config: TrainConfig) -> None:
+    """Every value a user can give is in its range or list: else one ValueError naming the option and what it
+    accepts (``--batch-size must be 1 or more, got 0``)."""
+    for field, (low, low_ok, high, high_ok) in RANGES.items():
+        value = getattr(config, field)
+        if value is None:
+            continue
+        # NaN fails every comparison, so it is refused too
+        fits = (value >= low if low_ok else value > low) and (high is None or (value <= high if high_ok else value < high))
+        if not fits:
+            allowed = f"at least {low:g}" if low_ok else f"above {low:g}"
+            if high is not None:
+                allowed += f" and {'at most' if high_ok else 'below'} {high:g}"
+            raise ValueError(f"{option_name(field)} must be {allowed}, got {value:g}")
+    for field, allowed in CHOICES.items():
+        if getattr(config, field) not in allowed:
+            raise ValueError(f"{option_name(field)} {getattr(config, field)!r} is not one of {', '.join(allowed)}")
+    teacher = config.teacher
+    x = teacher.removeprefix("wise:")
+    if teacher not in ("last", "initial") and not (teacher.startswith("wise:") and _fraction(x)):
+        raise ValueError(f"--teacher {teacher!r} is not last, initial or wise:x with 0 <= x <= 1 (e.g. wise:0.2)")
+
+
+def _fraction(text: str) -> bool:
+    try:
+        return 0 <= float(text) <= 1
+    except ValueError:
+        return False
 
 
 def setting_defaults(order: str, method: str) -> dict[str, object]:

@@ -29,7 +29,7 @@ from pipeline.datasets.splits import dataset_split, step_dataset, task_dataset
 from pipeline.dist import Dist
 from pipeline.evaluation.cil import SeenClassEvaluation, StepResult
 from pipeline.evaluation.cil_report import curves_figure as cil_curves_figure
-from pipeline.evaluation.cil_report import write_cil_report
+from pipeline.evaluation.cil_report import step_heatmap_figure, write_cil_report
 from pipeline.evaluation.evaluate import TestSet, evaluate_order
 from pipeline.evaluation.metrics import summarize, summarize_cil
 from pipeline.evaluation.report import curves_figure, heatmap_figure, write_report
@@ -190,7 +190,7 @@ class CilProtocol(Protocol):
         totals = {"avg": summary.avg, "last": summary.last,
                   **({"forgetting": summary.forgetting} if index else {})}
         title = self._title(index)
-        return (values, totals, {"acc_matrix": heatmap_figure(acc, self.steps, title),
+        return (values, totals, {"acc_matrix": step_heatmap_figure(acc, self.steps, title),
                                  "curves": cil_curves_figure(acc, seen, self.setting, title)})
 
 

@@ -22,6 +22,10 @@ from shards.layout import atomic_write_bytes
 
 from .config import FREE_ON_RESUME, TrainConfig
 
+# ``extra=`` of a record for train.log only: the terminal shows the same news as a progress line (the CLI's console
+# handler drops these), so it is not printed twice with other labels.
+FILE_ONLY = {"file_only": True}
+
 
 @contextmanager
 def run_log(run_dir: Path | None) -> Iterator[None]:
@@ -44,6 +48,18 @@ class RunDirError(ValueError):
     """A run directory that holds another configuration."""
 
 
+log = logging.getLogger("gift.train")
+# What a run writes before its first task finishes, besides config.json and train.log (kept: appended, it says
+# what happened); dropped when another configuration takes over a run directory with no finished task.
+UNFINISHED_FILES = ("metrics.jsonl", "captions.json")
+
+
+def _finished(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` finished a task (state.json, written by rename after each task, says so)."""
+    state = run_dir / "state.json"
+    return state.exists() and json.loads(state.read_text()).get("finished", 0) > 0
+
+
 def prepare_run_dir(config: TrainConfig) -> tuple[Path, dict]:
     """Create the run directory, or check it belongs to this very config; returns (dir, saved state)."""
     run_dir = Path(config.runs) / config.run_name
@@ -54,9 +70,15 @@ def prepare_run_dir(config: TrainConfig) -> tuple[Path, dict]:
         known = {f.name for f in fields(TrainConfig)}
         saved = {**raw, **asdict(TrainConfig(**{k: v for k, v in raw.items() if k in known}))}
         differs = sorted(k for k in set(saved) | set(cfg) if saved.get(k) != cfg.get(k) and k not in FREE_ON_RESUME)
-        if differs:
+        if differs and _finished(run_dir):
             raise RunDirError(f"{run_dir} holds a run with another configuration (differs in: {', '.join(differs)}); "
                               "pass --name to start a new run, or re-run with the same options to resume it")
+        if differs:  # nothing finished under the old configuration: nothing to keep, so this command starts over
+            log.warning("%s held no finished task of its earlier configuration (differs in: %s); starting it over "
+                        "with this one", run_dir, ", ".join(differs))
+            for stale in UNFINISHED_FILES:  # rows of the other configuration's interrupted first task
+                (run_dir / stale).unlink(missing_ok=True)
+            atomic_write_bytes(run_dir / "config.json", (json.dumps(cfg, indent=1) + "\n").encode())
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.json", (json.dumps(cfg, indent=1) + "\n").encode())

@@ -50,7 +50,7 @@ from shards.errors import ShardSetError
 from .clts_run import run_clts
 from .config import TrainConfig, loader_workers, lr_at
 from .protocol import Protocol, protocol_for
-from .rundir import finish_task, prepare_run_dir, run_log
+from .rundir import FILE_ONLY, finish_task, prepare_run_dir, run_log
 from .step import LossLog, run_step
 
 if TYPE_CHECKING:
@@ -69,7 +69,8 @@ class Progress:
     def step(self, losses: dict[str, float] | None) -> None:
         """One step done; ``losses`` at the logged steps (every 10 and the last), None between them."""
     def end_task(self) -> None: ...
-    def evaluated(self, index: int, task: str, row: list[float]) -> None: ...
+    def evaluated(self, index: int, task: str, row: list[float], extra: dict[str, float] | None = None) -> None:
+        """The evaluation after task ``index``: its accuracy row, and the protocol's further values (CIL: ``seen``)."""
     def phase(self, label: str, total: int) -> None:
         """Work outside the steps begins (CLTS's feature passes): ``total`` items, counted by ``advance``."""
     def advance(self, n: int) -> None: ...
@@ -151,10 +152,6 @@ def train(config: TrainConfig, progress: Progress | None = None, device: torch.d
         return LOOPS[method_cls.loop](config, progress, device, tracker)
     protocol = protocol_for(config)
     require_datasets(config.order, config.data_root)  # every missing dataset named at once, before anything loads
-    if config.precision not in ("fp32", "bf16"):
-        raise ValueError(f"unknown precision {config.precision!r}; choose fp32 or bf16")
-    if config.workers is not None and config.workers < 0:
-        raise ValueError(f"--workers must be 0 or more, got {config.workers}")
     for what, size in (("--batch-size", config.batch_size), ("--synthetic-batch", config.synthetic_batch)):
         if size % dist.world:
             raise ValueError(f"{what} {size} is not divisible by the {dist.world} processes; every rank takes an "
@@ -269,9 +266,11 @@ def _run(run: Run) -> Path:
                         synth = load_draw(run.sets, run.schedule[index], eval_resize(run.size), run.tokenize)
                     _train_task(run, index, task, synth, generator)
                 result = evaluate(model, index)
-                run.progress.evaluated(index, task, result.row)
+                run.progress.evaluated(index, task, result.row, result.extra)
+                # train.log's record of it; the terminal shows the progress line (FILE_ONLY), not both
                 log.info("after %s: %s%s", task, "  ".join(f"{t} {a:.1f}" for t, a in zip(order, result.row, strict=True)
-                                                         if a == a), "".join(f"  | {k} {v:.1f}" for k, v in result.extra.items()))
+                                                         if a == a), "".join(f"  | {k} {v:.1f}" for k, v in result.extra.items()),
+                         extra=FILE_ONLY)
                 if dist.main:
                     finish_task(run.run_dir, run.state, model, index, result, run.protocol)
                     run.tracker.evaluated(index, run.protocol, run.state)
