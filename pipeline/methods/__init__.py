@@ -1,6 +1,6 @@
 """Continual-learning methods, one small file each, plugged into one loop (see ``base.py``)."""
 
-from .base import Kept, Method, SynthBatch, TaskContext
+from .base import Extra, Kept, Method, SynthBatch, TaskContext
 from .clts import Clts
 from .ewc import EWC
 from .finetune import Finetune
@@ -8,6 +8,7 @@ from .gift import Gift
 from .icarl import ICaRL
 from .l2 import L2
 from .lwf import LwF, LwFVR
+from .moe_adapter import MoeAdapter
 from .wise_ft import WiseFT
 from .zeroshot import ZeroShot
 from .zscl import ZSCL
@@ -24,6 +25,7 @@ METHODS: dict[str, type[Method]] = {
     "ewc": EWC,
     "gift": Gift,
     "clts": Clts,
+    "moe-adapter": MoeAdapter,
 }
 
 
@@ -33,4 +35,4 @@ def get_method(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Kept", "Method", "SynthBatch", "TaskContext", "get_method"]
+__all__ = ["METHODS", "Extra", "Kept", "Method", "SynthBatch", "TaskContext", "get_method"]

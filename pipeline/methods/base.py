@@ -103,6 +103,17 @@ class Kept:
     what: str
 
 
+@dataclass(frozen=True)
+class Extra:
+    """Learned parameters a run keeps beyond the one CLIP every method has (task heads, a router, adapters,
+    autoencoders; exemplars are data and stay under ``Kept``): ``count`` parameters taking ``bytes`` as stored, and
+    what they are, e.g. "10 heads + router", "none"."""
+
+    count: int
+    bytes: int
+    what: str
+
+
 class Method:
     name: ClassVar[str] = ""
     trains: ClassVar[bool] = True  # False: evaluate only
@@ -122,6 +133,36 @@ class Method:
         """The memory of task data the run in ``run_dir`` (its config.json ``cfg`` and state.json ``state``) keeps
         after its finished tasks. By default nothing: the model alone, and data that is not the tasks' own."""
         return Kept(0, "nothing")
+
+    @classmethod
+    def extra(cls, run_dir: Path, cfg: dict, state: dict) -> Extra:
+        """The learned parameters beyond CLIP that the run in ``run_dir`` keeps after its finished tasks, counted
+        from what it saved (not typed in). By default none."""
+        return Extra(0, 0, "none")
+
+    # Hooks of methods that add modules to CLIP or train part of it (MoE-Adapter); the defaults fine-tune all of it.
+    def prepare_model(self, model: nn.Module, protocol) -> None:
+        """Add the method's own modules to ``model`` (the CLIP, on its device) before a checkpoint is loaded into it:
+        they are saved in every checkpoint and resumed from it. By default none."""
+
+    def trained_parameters(self, model: nn.Module, index: int) -> list[torch.Tensor]:
+        """The parameters task ``index`` trains, in a fixed order (the optimiser's, fresh each task). By default every
+        parameter that requires a gradient."""
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def lr_for(self, task: str) -> float:
+        """The base learning rate of ``task``."""
+        return self.config.lr_for(task)
+
+    def schedule(self, steps: int) -> tuple[int, int]:
+        """(steps run, steps the lr schedule spans) of a task that the config gives ``steps``. By default both
+        ``steps``; a method may run one more at the schedule's end (lr 0) for parity with its released code."""
+        return steps, steps
+
+    def evaluator(self, protocol, tests, tokenizer, device: torch.device, amp: torch.dtype | None, dist: Dist):
+        """The evaluation after each task, ``(model, index) -> StepResult``, for a method that encodes test batches
+        its own way (MoE-Adapter's per-batch choice of router); None: the protocol's."""
+        return None
 
     def begin_task(self, ctx: TaskContext) -> None: ...
 

@@ -187,7 +187,9 @@ def _run(config, dist, progress, device, method_cls, protocol: Protocol, dataset
         run_dir, state = prepare_run_dir(config)
     with run_log(run_dir if dist.main else None):
         try:
-            offsets = np.cumsum([0] + [config.steps_for(len(datasets[t])) for t in order]).tolist()
+            method = method_cls(config)
+            method.prepare_model(model, protocol)  # its own modules, before a checkpoint is loaded into them
+            offsets = np.cumsum([0] + [method.schedule(config.steps_for(len(datasets[t])))[0] for t in order]).tolist()
             tracker.open(run_dir, config, protocol, state, offsets)
             initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             if state["checkpoint"]:
@@ -210,8 +212,8 @@ def _run(config, dist, progress, device, method_cls, protocol: Protocol, dataset
             if config.compile and method_cls.trains:  # compiled once for every task; text ids of a new width
                 # (trimmed per task) recompile once, then dynamo treats the width as dynamic
                 student = torch.compile(student)
-            method = method_cls(config)
-            evaluate = protocol.evaluator(tests, tokenize, device, amp, dist, frozen=not method.trains)
+            evaluate = (method.evaluator(protocol, tests, tokenize, device, amp, dist)
+                        or protocol.evaluator(tests, tokenize, device, amp, dist, frozen=not method.trains))
             for index, task in enumerate(order):
                 if index < state["finished"]:
                     continue
@@ -242,7 +244,7 @@ def _run(config, dist, progress, device, method_cls, protocol: Protocol, dataset
 def _train_task(config, protocol, index, task, model, student, dist, initial_state, method, datasets, synth, size,
                 tokenize, generator, device, amp, run_dir, progress, tracker, first_step: int) -> None:
     """Train step ``index`` of the run; ``first_step``: its first step on the run's global step axis (tracking)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = method.trained_parameters(model, index)
     forward = functools.partial(student_features, student)
     workers = 0 if protocol.in_memory else loader_workers(config)  # mini: a few hundred images
     real_seed, replay_seed = torch.randint(0, 2**62, (2,), generator=generator).tolist()
@@ -255,9 +257,9 @@ def _train_task(config, protocol, index, task, model, student, dist, initial_sta
     real = ImageStream(datasets[task], train_transform(size, uint8=True), config.batch_size, real_seed, dist, device,
                        workers=workers)
     spec = protocol.task(task)
-    steps = config.steps_for(len(datasets[task]))
+    steps, span = method.schedule(config.steps_for(len(datasets[task])))  # span: the steps the lr schedule covers
     class_tokens = tokenize([spec.prompt(c) for c in range(spec.num_classes)]).to(device)  # trimmed, once per task
-    base_lr = config.lr_for(task)
+    base_lr = method.lr_for(task)
     optimizer = torch.optim.AdamW(params, lr=base_lr, betas=(0.9, 0.999), weight_decay=config.weight_decay,
                                   fused=device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
@@ -268,7 +270,7 @@ def _train_task(config, protocol, index, task, model, student, dist, initial_sta
     try:
         for step in range(steps):
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, base_lr, config.warmup, steps)
+                group["lr"] = lr_at(step, base_lr, config.warmup, span)
             loss_log.add(step, run_step(ctx, method, replay.next() if replay is not None else None, real.next(),
                                         class_tokens, optimizer, autocast))
             method.after_step(ctx, step)
