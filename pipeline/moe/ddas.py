@@ -139,4 +139,4 @@ def train_autoencoder(ae: AutoEncoder, extractor: nn.Module, stream, steps: int,
         loss.backward()
         optimizer.step()
     ae.eval()
-    return float(loss)
+    return float(loss.detach())
