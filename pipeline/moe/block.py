@@ -77,7 +77,7 @@ class MoEBlock(nn.Module):
         out = h + self.ls_2(self.mlp(self.ln_2(h)))
         if self.route < 0:
             return out
-        return out + mix_experts(self.adaptmlp_list, h, self.gates(h[:, 0, :]))
+        return out + mix_experts(self.adaptmlp_list, h, self.gates(h[:, 0, :]), self.top_k)
 
 
 def install(model: nn.Module, spec: MoeSpec) -> None:
@@ -114,7 +114,8 @@ def trainable(model: nn.Module, slot: int, freeze: bool) -> list[nn.Parameter]:
     model.requires_grad_(False)
     params: list[nn.Parameter] = []
     for _, _, block in blocks(model):
-        frozen = block.frozen[:slot].any(dim=0) if freeze else torch.zeros_like(block.frozen[0])
+        experts = len(block.adaptmlp_list)
+        frozen = block.frozen[:slot].any(dim=0).tolist() if freeze and slot else [False] * experts
         for e, expert in enumerate(block.adaptmlp_list):
             if not frozen[e]:
                 params += list(expert.parameters())

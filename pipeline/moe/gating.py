@@ -34,9 +34,12 @@ def noisy_top_k_gates(h0: torch.Tensor, w_gate: torch.Tensor, w_noise: torch.Ten
     return torch.zeros_like(logits).scatter(1, top_k_indices, F.softmax(top_k_logits, dim=1))
 
 
-def mix_experts(experts: nn.ModuleList, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+def mix_experts(experts: nn.ModuleList, x: torch.Tensor, gates: torch.Tensor, top_k: int) -> torch.Tensor:
     """Σ_e gates[b, e] · E_e(x_b) for x [B, L, d], each expert run only on the samples that gate it (the released
-    SparseDispatcher: dispatch, run, weight by the gate, add back by sample index)."""
+    SparseDispatcher: dispatch, run, weight by the gate, add back by sample index); ``top_k``: the non-zero gates
+    per row (the meta device cannot read them)."""
+    if x.device.type == "meta":  # FLOP counting (shapes only): the k·B sample-expert pairs, as k experts on all B
+        return sum(expert(x) * gates[:, e].view(-1, 1, 1) for e, expert in enumerate(list(experts)[:top_k]))
     out = torch.zeros_like(x)
     for e, expert in enumerate(experts):
         rows = torch.nonzero(gates[:, e] > 0).flatten()
