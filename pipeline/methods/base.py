@@ -16,7 +16,13 @@ its own file, registered in ``methods/__init__.py``.
 
 A method that does not fine-tune CLIP at all names another ``loop`` (CLTS: ``task-heads``, task heads and a router on
 frozen features; ``pipeline.training.train.LOOPS`` maps it to its runner), and every method says what memory of the
-tasks' data a finished run keeps (``kept``: exemplars, captions, nothing), which ``gift table`` shows beside its row.
+tasks' data a finished run keeps (``kept``: exemplars, captions, nothing), which ``gift table`` shows beside its row,
+and the learned parameters it keeps beyond CLIP (``extra``).
+
+A method that adds modules to CLIP or trains part of it (MoE-Adapter) uses the model hooks: ``prepare_model`` (its
+modules, before a checkpoint is loaded, so they are saved and resumed with CLIP), ``trained_parameters`` (what a task
+trains), ``lr_for`` (a task's base lr), ``schedule`` (steps run vs the steps the lr schedule spans) and ``evaluator``
+(its own encoding of test batches). The defaults fine-tune all of CLIP as the other methods do.
 """
 
 from __future__ import annotations
