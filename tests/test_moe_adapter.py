@@ -334,6 +334,7 @@ def test_killed_moe_run_resumes_to_the_uninterrupted_matrix(workspace, tmp_path)
 
 
 def test_mini_cil_run_one_router_two_experts_no_freezing(workspace):
+    from pipeline.methods import get_method
     from pipeline.training.train import train
     from tests.conftest import mini_config
 
@@ -346,18 +347,27 @@ def test_mini_cil_run_one_router_two_experts_no_freezing(workspace):
     assert {k.split(".router_list.")[1] for k in ckpt if ".router_list." in k} == {"0"}
     assert all(not v.any() for k, v in ckpt.items() if k.endswith(".frozen"))
     assert ckpt["transformer.resblocks.0.adaptmlp_list.1.up_proj.weight"].abs().sum() > 0
+    extra = get_method("moe-adapter").extra(run_dir, {}, state)
+    # 2 experts (2·64·64 + 64 + 64) and one gate + noise slot (2 · 64 · 2) in each of 4 blocks; no autoencoders
+    assert extra.count == 4 * (2 * (2 * 64 * 64 + 64 + 64) + 2 * 64 * 2) and extra.what.startswith("MoE 0.1 M")
 
 
-def test_counted_flops_of_the_experts_router_and_ddas():
-    from pipeline.moe.flops import ddas_flops, image_forward_flops, moe_step_flops
+def test_cli_moe_adapter_bad_input_is_one_clear_line(tmp_path):
+    import os
 
-    spec = moe.MoeSpec(experts=4, top_k=2, slots=1)
-    # tiny image tower: 2 blocks, 17 tokens of width 64; per token an expert is down + up = 2·(2·64·64) FLOPs, two
-    # experts per sample; the router adds h0 @ W_g = 2·64·4 per sample (no noise at evaluation)
-    b = 3
-    extra = image_forward_flops(spec, b, "tiny") - image_forward_flops(spec, b, "tiny", slot=-1)
-    assert extra == 2 * (2 * b * 17 * 4 * 64 * 64 + 2 * b * 64 * 4)
-    # DDAS per batch: each autoencoder is 2·256·100 FLOPs per layer and sample at 32² (256 AlexNet features)
-    assert ddas_flops(batch=5, autoencoders=3, image=32) - ddas_flops(batch=5, autoencoders=1, image=32) == (
-        2 * 5 * 2 * (2 * 256 * 100))
-    assert moe_step_flops("mini-a", spec, batch=4, arch="tiny") > image_forward_flops(spec, 4, "tiny")
+    from tests.conftest import run_gift
+
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    r = run_gift("train", "--order", "I", "--method", "moe-adapter", "--clip", "tiny", "--clip-weights", "none",
+                 "--runs", tmp_path / "runs", "--data-root", tmp_path, env=env)
+    assert r.returncode != 0 and "alexnet-owt-7be5be79.pth does not exist" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
+    from pipeline.methods.moe_adapter import MoeAdapter
+    from pipeline.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match="--moe-top-k 2 must be between 1 and --moe-experts 1"):
+        MoeAdapter.check(TrainConfig(order="mini", method="moe-adapter", moe_experts=1))
+    with pytest.raises(ValueError, match=r"its CIL variant has one router \(pass --no-ddas\)"):
+        MoeAdapter.check(TrainConfig(order="mini-cil", method="moe-adapter", ddas=True))
+    with pytest.raises(ValueError, match="TinyImageNet's train split: pass --data-root"):
+        MoeAdapter.check(TrainConfig(order="II", method="moe-adapter", alexnet_weights="none"))
