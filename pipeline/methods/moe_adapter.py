@@ -9,6 +9,7 @@ every step, no freezing, no DDAS, the gating noise left on at evaluation. docs/m
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from pipeline.datasets import catalog
 from pipeline.moe import block as moe
+from pipeline.moe.counts import MOE_KEYS
 from pipeline.moe.ddas import AlexNetNotFoundError, Ddas, alexnet_weights_path, feature_dim, feature_extractor
 
 from .base import Extra, Method, TaskContext
@@ -64,36 +66,28 @@ class MoeAdapter(Method):
         """Experts, router slots and autoencoders as the last checkpoint holds them, plus DDAS's AlexNet."""
         from safetensors import safe_open
 
-        from pipeline.moe.counts import MOE_KEYS, alexnet_params
+        from pipeline.moe.counts import alexnet_params
 
         if not state.get("checkpoint") or not (Path(run_dir) / state["checkpoint"]).exists():
             return Extra(0, 0, "nothing yet")
-        moe_n = ae_n = ae_count = nbytes = 0
+        moe_n = ae_n = 0
+        autoencoders: set[str] = set()
         with safe_open(Path(run_dir) / state["checkpoint"], "pt") as f:
             for key in f.keys():
                 parts = key.split(".")
-                if not (set(parts) & set(MOE_KEYS) or parts[0] == "ddas") or key.endswith("trained"):
-                    continue
-                if parts[-1] == "frozen":
-                    continue
-                t = f.get_slice(key)
-                n = 1
-                for d in t.get_shape():
-                    n *= d
-                nbytes += n * 4  # fp32
-                if parts[0] == "ddas":
+                n = math.prod(f.get_slice(key).get_shape())
+                if parts[0] == "ddas" and parts[1] == "autoencoders":
                     ae_n += n
-                    ae_count += key.endswith("encoder.0.weight") and ".encoder." in key
-                else:
+                    autoencoders.add(parts[2])
+                elif set(parts) & set(MOE_KEYS):
                     moe_n += n
         what = f"MoE {moe_n / 1e6:.1f} M"
         total = moe_n + ae_n
-        if ae_n:
-            alex = alexnet_params()
+        if autoencoders:
+            alex = alexnet_params()  # DDAS's frozen feature extractor: rebuilt from its weights, not stored
             total += alex
-            nbytes += alex * 4
-            what += f" + {ae_count} autoencoders {ae_n / 1e6:.1f} M + AlexNet {alex / 1e6:.1f} M"
-        return Extra(total, nbytes, what)
+            what += f" + {len(autoencoders)} autoencoders {ae_n / 1e6:.1f} M + AlexNet {alex / 1e6:.1f} M"
+        return Extra(total, 4 * total, what)  # fp32
 
     def prepare_model(self, model: nn.Module, protocol) -> None:
         config = self.config
@@ -101,12 +95,16 @@ class MoeAdapter(Method):
         slots = 1 if self.cil else len(protocol.steps)
         moe.install(model, moe.MoeSpec(config.moe_experts, config.moe_top_k, slots))
         moe.set_noise_at_eval(model, bool(config.router_noise_at_eval))
+        # only the mixture is ever trained: DistributedDataParallel (built next) registers just its parameters
+        model.requires_grad_(False)
+        for name, p in model.named_parameters():
+            p.requires_grad_(any(k in name.split(".") for k in MOE_KEYS))
         if config.ddas:
             from pipeline.models import image_size
 
             self.extractor = feature_extractor(config.alexnet_weights, config.seed).to(device)
             # autoencoder 0: the zero-shot domain; k: task k (all allocated now, as the released code does)
-            model.ddas = Ddas(feature_dim(self.extractor, image_size(model)), slots + 1).to(device)
+            model.ddas = Ddas(feature_dim(self.extractor, image_size(model)), slots + 1).to(device).requires_grad_(False)
 
     def trained_parameters(self, model: nn.Module, index: int) -> list[torch.Tensor]:
         slot = 0 if self.cil else index

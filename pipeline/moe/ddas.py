@@ -47,16 +47,23 @@ def alexnet_weights_path(weights: str) -> Path:
 
 def feature_extractor(weights: str, seed: int = 0) -> nn.Module:
     """Frozen AlexNet ``features[:-2]`` in eval mode: ImageNet weights (``imagenet`` or a file) or, with ``none``, the
-    real architecture seeded at random."""
+    real architecture seeded at random. Only the convolutions are built (the classifier's 58 M parameters are not)."""
     from torchvision.models import alexnet
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = alexnet(weights=None)
-    if weights not in ("none", "random"):
-        state = torch.load(alexnet_weights_path(weights), map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-    return net.features[:-2].eval().requires_grad_(False)
+    path = None if weights in ("none", "random") else alexnet_weights_path(weights)
+    with torch.device("meta"):
+        features = alexnet(weights=None).features[:-2]
+    features = features.to_empty(device="cpu")
+    if path is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for layer in features:
+                if isinstance(layer, nn.Conv2d):
+                    layer.reset_parameters()  # torchvision's AlexNet keeps PyTorch's default init
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        features.load_state_dict({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")})
+    return features.eval().requires_grad_(False)
 
 
 def feature_dim(extractor: nn.Module, image_size: int) -> int:
