@@ -378,3 +378,18 @@ def test_cli_moe_adapter_bad_input_is_one_clear_line(tmp_path):
         MoeAdapter.check(TrainConfig(order="mini-cil", method="moe-adapter", ddas=True))
     with pytest.raises(ValueError, match="TinyImageNet's train split: pass --data-root"):
         MoeAdapter.check(TrainConfig(order="II", method="moe-adapter", alexnet_weights="none"))
+
+
+def test_counted_flops_of_the_experts_router_and_ddas():
+    from pipeline.moe.flops import ddas_flops, image_forward_flops, moe_step_flops
+
+    spec = moe.MoeSpec(experts=4, top_k=2, slots=1)
+    # tiny image tower: 2 blocks, 17 tokens of width 64; per token an expert is down + up = 2·(2·64·64) FLOPs, two
+    # experts per sample; the router adds h0 @ W_g = 2·64·4 per sample (no noise at evaluation)
+    b = 3
+    extra = image_forward_flops(spec, b, "tiny") - image_forward_flops(spec, b, "tiny", slot=-1)
+    assert extra == 2 * (2 * b * 17 * 4 * 64 * 64 + 2 * b * 64 * 4)
+    # DDAS per batch: each autoencoder is 2·256·100 FLOPs per layer and sample at 32² (256 AlexNet features)
+    assert ddas_flops(batch=5, autoencoders=3, image=32) - ddas_flops(batch=5, autoencoders=1, image=32) == (
+        2 * 5 * 2 * (2 * 256 * 100))
+    assert moe_step_flops("mini-a", spec, batch=4, arch="tiny") > image_forward_flops(spec, 4, "tiny")
