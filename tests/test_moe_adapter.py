@@ -318,10 +318,11 @@ def test_killed_moe_run_resumes_to_the_uninterrupted_matrix(workspace, tmp_path)
     from tests.test_train import _train_until_killed
 
     root, _ = workspace
-    whole = train(mini_config(workspace, name="moe-whole", **MOE_MINI), device=CPU)
+    held = {**MOE_MINI, "iterations": 6}  # _train_until_killed holds the run at step 6 of task 2 (of 7)
+    whole = train(mini_config(workspace, name="moe-whole", **held), device=CPU)
     marker = tmp_path / "in-task-2"
     child = multiprocessing.get_context("spawn").Process(
-        target=_train_until_killed, args=(mini_config(workspace, name="moe-killed", **MOE_MINI), marker))
+        target=_train_until_killed, args=(mini_config(workspace, name="moe-killed", **held), marker))
     child.start()
     try:
         deadline = time.time() + 600  # only a hang takes this long
@@ -334,7 +335,7 @@ def test_killed_moe_run_resumes_to_the_uninterrupted_matrix(workspace, tmp_path)
         child.join()
     killed = root / "runs" / "moe-killed"
     assert json.loads((killed / "state.json").read_text())["finished"] == 1
-    train(mini_config(workspace, name="moe-killed", **MOE_MINI), device=CPU)
+    train(mini_config(workspace, name="moe-killed", **held), device=CPU)
     assert np.array_equal(np.load(whole / "acc_matrix.npy"), np.load(killed / "acc_matrix.npy"))
     a, b = _moe_state(whole)[1], _moe_state(killed)[1]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
