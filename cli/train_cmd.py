@@ -85,6 +85,8 @@ def train(
     ddas_threshold: float = typer.Option(0.0655, help="moe-adapter: least autoencoder error above which a test batch goes to zero-shot CLIP."),
     ddas_steps: int = typer.Option(301, help="moe-adapter: autoencoder steps per task."),
     ddas_zero_shot_steps: int = typer.Option(1001, help="moe-adapter: steps of autoencoder 0 (TinyImageNet train; mini: mini-base)."),
+    ddas_batch: int = typer.Option(64, help="moe-adapter: images per autoencoder step."),
+    ddas_eval_batch: int = typer.Option(128, help="moe-adapter: test images per DDAS decision (the released evaluation batch)."),
     alexnet_weights: str = typer.Option(None, help="moe-adapter: DDAS's AlexNet: imagenet (torchvision's file in torch's cache, never downloaded), a file, or none (random; the default on mini)."),
     device: str = typer.Option(None, help="cuda | cpu (default: cuda when present)."),
     gpus: int = typer.Option(1, help="Processes to launch with torchrun (one per GPU; DistributedDataParallel)."),
@@ -121,7 +123,8 @@ def train(
             routing=routing, router_epochs=router_epochs, router_lr=router_lr, router_hidden=router_hidden,
             moe_experts=moe_experts, moe_top_k=moe_top_k, moe_freeze=moe_freeze, moe_parity_step=moe_parity_step,
             router_noise_at_eval=router_noise_at_eval, ddas=ddas, ddas_threshold=ddas_threshold, ddas_steps=ddas_steps,
-            ddas_zero_shot_steps=ddas_zero_shot_steps, alexnet_weights=alexnet_weights,
+            ddas_zero_shot_steps=ddas_zero_shot_steps, ddas_batch=ddas_batch, ddas_eval_batch=ddas_eval_batch,
+            alexnet_weights=alexnet_weights,
         )
         try:
             run_dir = run_train(config, TrainProgress(), torch.device(device) if device else None,

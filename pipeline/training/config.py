@@ -18,12 +18,13 @@ from pipeline.datasets import catalog
 LR_BY_TASK = {"aircraft": 5e-5, "mnist": 5e-5}  # REFERENCE.md; every other MTIL dataset: 1e-5
 DEFAULT_LR, MINI_LR = 1e-5, 1e-3
 # Per-setting defaults (REFERENCE.md). MTIL: 1,000 steps per task, 100 warm-up, smoothing 0.2, wd 0, lr per dataset.
-MTIL_DEFAULTS: dict[str, object] = {"batch_size": 64, "iterations": 1000, "warmup": 100, "label_smoothing": 0.2, "weight_decay": 0.0,
-                                    "alpha": 1.0, "ensemble_every": 100, "memory_size": 10000}
+MTIL_DEFAULTS: dict[str, object] = {"batch_size": 64, "iterations": 1000, "warmup": 100, "label_smoothing": 0.2,
+                                    "weight_decay": 0.0, "alpha": 1.0, "ensemble_every": 100, "memory_size": 10000}
 # CIL (the harness): one epoch over each step's images, lr 7.1e-6, 30 warm-up iterations; smoothing / wd per dataset;
 # the baselines' distillation weight 5 (rows and columns), ZSCL's ensemble every 10 iterations, 5,000 exemplars.
-CIL_DEFAULTS: dict[str, object] = {"batch_size": 64, "epochs": 1.0, "lr": 7.1e-6, "warmup": 30, "label_smoothing": 0.2,
-                                   "weight_decay": 0.0, "alpha": 1.0, "ensemble_every": 10, "memory_size": 5000}
+CIL_DEFAULTS: dict[str, object] = {"batch_size": 64, "epochs": 1.0, "lr": 7.1e-6, "warmup": 30,
+                                   "label_smoothing": 0.2, "weight_decay": 0.0, "alpha": 1.0, "ensemble_every": 10,
+                                   "memory_size": 5000}
 CIL_DATASET_DEFAULTS: dict[str, dict[str, object]] = {
     "tinyimagenet": {"label_smoothing": 0.0, "weight_decay": 0.1},
     # mini-cil: scikit-learn's ~140 images per step; the tiny CLIP needs a larger lr and more passes
