@@ -33,7 +33,7 @@ def train(
     order: str = typer.Option("II", help="Task order: I, II (MTIL), mini (scikit-learn images, for demos/tests), or a "
                               "CIL setting: cifar100-10/20/50, tinyimagenet-5/10/20, seq-cifar10/100, seq-tinyimg, "
                               "mini-cil (see `gift settings`)."),
-    method: str = typer.Option("gift", help="gift | finetune | l2 | wise-ft | lwf | lwf-vr | zscl | icarl | ewc | zeroshot | clts (CIL: task heads + a task router trained on caption renders)."),
+    method: str = typer.Option("gift", help="gift | finetune | l2 | wise-ft | lwf | lwf-vr | zscl | icarl | ewc | zeroshot | clts (CIL: task heads + a task router trained on caption renders) | moe-adapter (MoE adapters + DDAS; docs/moe-adapter.md)."),
     name: str = typer.Option(None, help="Run directory name under --runs (default: <method>-order<order>)."),
     runs: Path = typer.Option(Path("runs"), help="Where run directories go."),
     data_root: Path = typer.Option(None, help="Folder holding the MTIL datasets (see `gift data check`)."),
@@ -44,7 +44,7 @@ def train(
     clip_weights: str = typer.Option("openai", help="`openai` (from the HF cache), a checkpoint file, or `none`."),
     iterations: int = typer.Option(None, help="Steps per task (default: 1000 MTIL; CIL: --epochs over each step's images)."),
     epochs: float = typer.Option(None, help="Passes over each task's training images, ceil(epochs·N/batch) steps (default: CIL 1; mini-cil 10); excludes --iterations."),
-    batch_size: int = typer.Option(64, help="Real images per step."),
+    batch_size: int = typer.Option(None, help="Real images per step (default: 64; moe-adapter on cifar100-10/20: 128)."),
     synthetic_batch: int = typer.Option(64, help="Synthetic image-text pairs per step."),
     synthetic_budget: int = typer.Option(1000, help="Synthetic images drawn per task from the pool."),
     lr: float = typer.Option(None, help="Base learning rate (default: 5e-5 aircraft/mnist, 1e-5 other MTIL tasks, 1e-3 mini; CIL 7.1e-6, mini-cil 1e-3)."),
@@ -79,6 +79,18 @@ def train(
     router_epochs: float = typer.Option(20.0, help="clts: passes of the router over the task-balanced renders, after every task."),
     router_lr: float = typer.Option(1e-3, help="clts: the router's AdamW learning rate (the heads use --lr, default 1e-3 for clts)."),
     router_hidden: int = typer.Option(512, help="clts: hidden width of the 2-layer MLP router."),
+    moe_experts: int = typer.Option(None, help="moe-adapter: experts per block and tower (default: 22 MTIL, 2 CIL)."),
+    moe_top_k: int = typer.Option(2, help="moe-adapter: experts per sample (noisy top-k gating)."),
+    moe_freeze: bool = typer.Option(None, "--moe-freeze/--no-moe-freeze", help="moe-adapter: freeze each task's two most used experts per block and tower (default: on MTIL, off CIL)."),
+    moe_parity_step: bool = typer.Option(True, "--moe-parity-step/--no-moe-parity-step", help="moe-adapter: one more step at lr 0 after the schedule, as the released loop runs (it still counts expert use)."),
+    router_noise_at_eval: bool = typer.Option(None, "--router-noise-at-eval/--no-router-noise-at-eval", help="moe-adapter: keep the gating noise at evaluation (default: on CIL, as its code does; off MTIL)."),
+    ddas: bool = typer.Option(None, "--ddas/--no-ddas", help="moe-adapter MTIL: autoencoders pick each test batch's router or zero-shot CLIP (default on; --no-ddas, a diagnostic: the last router for every batch)."),
+    ddas_threshold: float = typer.Option(0.0655, help="moe-adapter: least autoencoder error above which a test batch goes to zero-shot CLIP."),
+    ddas_steps: int = typer.Option(301, help="moe-adapter: autoencoder steps per task."),
+    ddas_zero_shot_steps: int = typer.Option(1001, help="moe-adapter: steps of autoencoder 0 (TinyImageNet train; mini: mini-base)."),
+    ddas_batch: int = typer.Option(64, help="moe-adapter: images per autoencoder step."),
+    ddas_eval_batch: int = typer.Option(128, help="moe-adapter: test images per DDAS decision (the released evaluation batch)."),
+    alexnet_weights: str = typer.Option(None, help="moe-adapter: DDAS's AlexNet: imagenet (torchvision's file in torch's cache, never downloaded), a file, or none (random; the default on mini)."),
     device: str = typer.Option(None, help="cuda | cpu (default: cuda when present)."),
     gpus: int = typer.Option(1, min=1, help="Processes to launch with torchrun (one per GPU; DistributedDataParallel)."),
     report_to: str = typer.Option("", "--report-to", help="Experiment trackers, comma-separated: tensorboard, wandb (off by default; pip install -e '.\\[tracking]'). Rank 0 logs losses, lr, steps/s, accuracy rows, the summary and the figures under the run directory; a resumed run continues the same log / W&B run."),
@@ -106,6 +118,10 @@ def train(
             reference_texts=str(reference_texts) if reference_texts else None, ensemble_every=ensemble_every,
             memory_size=memory_size, ewc_samples=ewc_samples, captions=str(captions), replay_captions=replay_captions,
             routing=routing, router_epochs=router_epochs, router_lr=router_lr, router_hidden=router_hidden,
+            moe_experts=moe_experts, moe_top_k=moe_top_k, moe_freeze=moe_freeze, moe_parity_step=moe_parity_step,
+            router_noise_at_eval=router_noise_at_eval, ddas=ddas, ddas_threshold=ddas_threshold, ddas_steps=ddas_steps,
+            ddas_zero_shot_steps=ddas_zero_shot_steps, ddas_batch=ddas_batch, ddas_eval_batch=ddas_eval_batch,
+            alexnet_weights=alexnet_weights,
         )
 
     from pipeline.datasets.mtil import DatasetMissingError

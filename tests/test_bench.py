@@ -32,7 +32,8 @@ def test_quick_bench_writes_every_section_in_place(tmp_path):
                 "CE prompts of sun397 (397 classes)", "the teacher's cache, built once per task",
                 "| one evaluation row: heads +", "| ZSCL step, 2 + 2, N = 16 |", "re-encoding all N captions",
                 "| FLOPs of a GIFT step (teacher cache, trimmed texts) |", "| text FLOPs of an evaluation row |",
-                "| task | classes | TFLOP per step before |"):
+                "| task | classes | TFLOP per step before |",
+                "| DDAS per evaluation batch (AlexNet features[:-2] + 12 autoencoders) |"):
         assert row in text, row
     main(["--quick", "--out", str(out), "--only", "data"])  # one section again: replaced, nothing duplicated
     again = out.read_text()

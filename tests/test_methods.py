@@ -260,6 +260,8 @@ def test_every_method_runs_the_mini_benchmark(workspace, method):
                      ensemble_every=2)
     if method == "icarl":
         extra = dict(memory_size=30)
+    if method == "moe-adapter":  # a few autoencoder steps (the full 1,001 + 301 per task: test_moe_adapter.py)
+        extra = dict(ddas_steps=3, ddas_zero_shot_steps=3, moe_experts=4)
     config = mini_config(workspace, method=method, name=f"all-{method}", iterations=4, warmup=2, batch_size=16,
                          synthetic_batch=16, ewc_samples=32, **extra)
     run_dir = train(config, device=CPU)

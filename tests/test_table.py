@@ -116,7 +116,7 @@ def test_published_only_where_the_setting_matches_and_marked_beyond_one_point(tm
     assert table.rows[7].name == "gift-3k" and table.rows[7].published is None  # GIFT with 3K images: no such row
     assert table.rows[8].name in ("ewc", "ewc-orderI") and table.rows[8].published == (68.0, 76.8, 86.2)
     assert WARN_MARK.split()[0] in md and "differs from it by more than 1 point" in md
-    assert "MoE-Adapter, published 68.9/76.7/85.0" in md
+    assert "MoE-Adapter (`moe-adapter`, no run in this table): published 68.9/76.7/85.0" in md
     rows = read_csv(tbl.write_table(table, runs)["csv"])
     assert rows["gift"]["published_avg"] == "77.3" and rows["gift"]["differs_avg"] == "true"
     assert rows["gift"]["differs_transfer"] == "false" and rows["gift"]["source"] == "Tab. 1/2"
@@ -147,8 +147,10 @@ def test_presets_groups_and_aliases_resolve():
 def test_unknown_preset_lists_the_choices():
     with pytest.raises(ValueError, match=r"unknown preset 'gfit' \(did you mean gift\b.*\); valid presets: .*finetune.*gift-cd.*table3"):
         presets.resolve_presets("finetune,gfit")
-    with pytest.raises(ValueError, match="MoE-Adapter .* not implemented"):
-        presets.resolve_presets("moe-adapter")
+    moe = presets.resolve_presets("table1")
+    assert "moe-adapter" in [p.name for p in moe] and presets.PRESETS["moe-adapter"].published_for("I") == (
+        68.9, 76.7, 85.0)
+    assert presets.PRESETS["moe-adapter"].source_for("cifar100-10") == "MoE-Adapters4CL logs (not in GIFT)"
     with pytest.raises(ValueError, match="no methods"):
         presets.resolve_presets(" , ")
 

@@ -2,7 +2,7 @@
 
 from pipeline.names import unknown_name
 
-from .base import Kept, Method, SynthBatch, TaskContext
+from .base import Extra, Kept, Method, SynthBatch, TaskContext
 from .clts import Clts
 from .ewc import EWC
 from .finetune import Finetune
@@ -10,6 +10,7 @@ from .gift import Gift
 from .icarl import ICaRL
 from .l2 import L2
 from .lwf import LwF, LwFVR
+from .moe_adapter import MoeAdapter
 from .wise_ft import WiseFT
 from .zeroshot import ZeroShot
 from .zscl import ZSCL
@@ -26,6 +27,7 @@ METHODS: dict[str, type[Method]] = {
     "ewc": EWC,
     "gift": Gift,
     "clts": Clts,
+    "moe-adapter": MoeAdapter,
 }
 
 
@@ -35,4 +37,4 @@ def get_method(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Kept", "Method", "SynthBatch", "TaskContext", "get_method"]
+__all__ = ["METHODS", "Extra", "Kept", "Method", "SynthBatch", "TaskContext", "get_method"]

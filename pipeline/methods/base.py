@@ -16,7 +16,13 @@ its own file, registered in ``methods/__init__.py``.
 
 A method that does not fine-tune CLIP at all names another ``loop`` (CLTS: ``task-heads``, task heads and a router on
 frozen features; ``pipeline.training.train.LOOPS`` maps it to its runner), and every method says what memory of the
-tasks' data a finished run keeps (``kept``: exemplars, captions, nothing), which ``gift table`` shows beside its row.
+tasks' data a finished run keeps (``kept``: exemplars, captions, nothing), which ``gift table`` shows beside its row,
+and the learned parameters it keeps beyond CLIP (``extra``).
+
+A method that adds modules to CLIP or trains part of it (MoE-Adapter) uses the model hooks: ``prepare_model`` (its
+modules, before a checkpoint is loaded, so they are saved and resumed with CLIP), ``trained_parameters`` (what a task
+trains), ``lr_for`` (a task's base lr), ``schedule`` (steps run vs the steps the lr schedule spans) and ``evaluator``
+(its own encoding of test batches). The defaults fine-tune all of CLIP as the other methods do.
 """
 
 from __future__ import annotations
@@ -103,6 +109,17 @@ class Kept:
     what: str
 
 
+@dataclass(frozen=True)
+class Extra:
+    """Learned parameters a run keeps beyond the one CLIP every method has (task heads, a router, adapters,
+    autoencoders; exemplars are data and stay under ``Kept``): ``count`` parameters taking ``bytes`` as stored, and
+    what they are, e.g. "10 heads + router", "none"."""
+
+    count: int
+    bytes: int
+    what: str
+
+
 class Method:
     name: ClassVar[str] = ""
     trains: ClassVar[bool] = True  # False: evaluate only
@@ -122,6 +139,36 @@ class Method:
         """The memory of task data the run in ``run_dir`` (its config.json ``cfg`` and state.json ``state``) keeps
         after its finished tasks. By default nothing: the model alone, and data that is not the tasks' own."""
         return Kept(0, "nothing")
+
+    @classmethod
+    def extra(cls, run_dir: Path, cfg: dict, state: dict) -> Extra:
+        """The learned parameters beyond CLIP that the run in ``run_dir`` keeps after its finished tasks, counted
+        from what it saved (not typed in). By default none."""
+        return Extra(0, 0, "none")
+
+    # Hooks of methods that add modules to CLIP or train part of it (MoE-Adapter); the defaults fine-tune all of it.
+    def prepare_model(self, model: nn.Module, protocol) -> None:
+        """Add the method's own modules to ``model`` (the CLIP, on its device) before a checkpoint is loaded into it:
+        they are saved in every checkpoint and resumed from it. By default none."""
+
+    def trained_parameters(self, model: nn.Module, index: int) -> list[torch.Tensor]:
+        """The parameters task ``index`` trains, in a fixed order (the optimiser's, fresh each task). By default every
+        parameter that requires a gradient."""
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def lr_for(self, task: str) -> float:
+        """The base learning rate of ``task``."""
+        return self.config.lr_for(task)
+
+    def schedule(self, steps: int) -> tuple[int, int]:
+        """(steps run, steps the lr schedule spans) of a task that the config gives ``steps``. By default both
+        ``steps``; a method may run one more at the schedule's end (lr 0) for parity with its released code."""
+        return steps, steps
+
+    def evaluator(self, protocol, tests, tokenizer, device: torch.device, amp: torch.dtype | None, dist: Dist):
+        """The evaluation after each task, ``(model, index) -> StepResult``, for a method that encodes test batches
+        its own way (MoE-Adapter's per-batch choice of router); None: the protocol's."""
+        return None
 
     def begin_task(self, ctx: TaskContext) -> None: ...
 

@@ -40,7 +40,7 @@ from pipeline.training.config import TrainConfig
 from pipeline.training.rundir import RunDirError, prepare_run_dir
 from pipeline.training.train import Progress, train
 
-from .presets import MOE_ADAPTER, Preset, Triple, all_presets, config_for, identify, published_for, run_stem
+from .presets import PRESETS, Preset, Triple, all_presets, config_for, identify, published_for, run_stem
 
 log = logging.getLogger("gift.table")
 
@@ -299,9 +299,14 @@ def table_markdown(table: Table) -> str:
         lines.append("Published numbers are not shown: no run here has the paper's setting (ViT-B/16 OpenAI weights, "
                      + ("the setting's defaults and class order" if table.cil else "1,000 iterations, Order I/II")
                      + ", the preset's options).")
-    if table.order in MOE_ADAPTER and show_paper:
-        lines.append(f"Not implemented: MoE-Adapter, published {'/'.join(map(str, MOE_ADAPTER[table.order]))} "
-                     f"(Transfer/Avg./Last).")
+    moe = PRESETS["moe-adapter"]
+    if not table.cil and show_paper and table.order in moe.published and not any(
+            r.method == "moe-adapter" for r in table.rows):
+        lines.append(f"MoE-Adapter (`moe-adapter`, no run in this table): published "
+                     f"{'/'.join(map(str, moe.published[table.order]))} (Transfer/Avg./Last, {moe.source}).")
+    if table.cil and any(r.method == "moe-adapter" for r in table.rows) and show_paper:
+        lines.append("MoE-Adapter's paper column on CIL settings: its own released logs (GIFT's Tab. 7 / 8 have no "
+                     "MoE-Adapter row).")
     partial = [r for r in table.rows if r.partial]
     if partial:
         lines.append("Partial rows use their finished tasks only (see `pipeline.evaluation.metrics`): "

@@ -18,12 +18,13 @@ from pipeline.datasets import catalog
 LR_BY_TASK = {"aircraft": 5e-5, "mnist": 5e-5}  # docs/protocol.md, "MTIL"; every other MTIL dataset: 1e-5
 DEFAULT_LR, MINI_LR = 1e-5, 1e-3
 # Per-setting defaults (docs/protocol.md). MTIL: 1,000 steps per task, 100 warm-up, smoothing 0.2, wd 0, lr per dataset.
-MTIL_DEFAULTS: dict[str, object] = {"iterations": 1000, "warmup": 100, "label_smoothing": 0.2, "weight_decay": 0.0,
-                                    "alpha": 1.0, "ensemble_every": 100, "memory_size": 10000}
+MTIL_DEFAULTS: dict[str, object] = {"batch_size": 64, "iterations": 1000, "warmup": 100, "label_smoothing": 0.2,
+                                    "weight_decay": 0.0, "alpha": 1.0, "ensemble_every": 100, "memory_size": 10000}
 # CIL (the harness): one epoch over each step's images, lr 7.1e-6, 30 warm-up iterations; smoothing / wd per dataset;
 # the baselines' distillation weight 5 (rows and columns), ZSCL's ensemble every 10 iterations, 5,000 exemplars.
-CIL_DEFAULTS: dict[str, object] = {"epochs": 1.0, "lr": 7.1e-6, "warmup": 30, "label_smoothing": 0.2,
-                                   "weight_decay": 0.0, "alpha": 1.0, "ensemble_every": 10, "memory_size": 5000}
+CIL_DEFAULTS: dict[str, object] = {"batch_size": 64, "epochs": 1.0, "lr": 7.1e-6, "warmup": 30,
+                                   "label_smoothing": 0.2, "weight_decay": 0.0, "alpha": 1.0, "ensemble_every": 10,
+                                   "memory_size": 5000}
 CIL_DATASET_DEFAULTS: dict[str, dict[str, object]] = {
     "tinyimagenet": {"label_smoothing": 0.0, "weight_decay": 0.1},
     # mini-cil: scikit-learn's ~140 images per step; the tiny CLIP needs a larger lr and more passes
@@ -34,7 +35,22 @@ CIL_METHOD_DEFAULTS: dict[str, dict[str, object]] = {"lwf": {"alpha": 5.0}, "lwf
                                                      # CLTS's task heads (linear, on frozen features; ours, docs/clts.md,
                                                      # "Defaults the paper leaves open"): AdamW 1e-3 for 10 epochs, constant, no smoothing or decay
                                                      "clts": {"lr": 1e-3, "epochs": 10.0, "warmup": 0,
-                                                              "label_smoothing": 0.0, "weight_decay": 0.0}}
+                                                              "label_smoothing": 0.0, "weight_decay": 0.0},
+                                                     # MoE-Adapter's CIL configs: AdamW 1e-3, no smoothing or decay,
+                                                     # 30 warm-up, one epoch; 2 experts, one router, noise at eval
+                                                     "moe-adapter": {"lr": 1e-3, "label_smoothing": 0.0,
+                                                                     "weight_decay": 0.0, "warmup": 30, "epochs": 1.0,
+                                                                     "moe_experts": 2, "moe_freeze": False,
+                                                                     "router_noise_at_eval": True, "ddas": False}}
+# MoE-Adapter's per-setting batch (its configs: 128 on CIFAR100 10 and 20 steps, 64 elsewhere); mini-cil keeps its
+# longer schedule (the tiny CLIP needs more passes)
+CIL_SETTING_METHOD_DEFAULTS: dict[tuple[str, str], dict[str, object]] = {
+    ("moe-adapter", "cifar100-10"): {"batch_size": 128}, ("moe-adapter", "cifar100-20"): {"batch_size": 128},
+    ("moe-adapter", "mini-cil"): {"epochs": 10.0, "warmup": 5}}
+# MoE-Adapter on MTIL: 22 experts, a router per task, activate-freeze, DDAS with AlexNet's ImageNet weights (the mini
+# order: a random AlexNet), noise in training only; lrs per dataset in methods/moe_adapter.py
+MTIL_METHOD_DEFAULTS: dict[str, dict[str, object]] = {
+    "moe-adapter": {"moe_experts": 22, "moe_freeze": True, "router_noise_at_eval": False, "ddas": True}}
 
 
 @dataclass(frozen=True)
@@ -51,7 +67,7 @@ class TrainConfig:
     clip_weights: str = "openai"
     iterations: int | None = None  # steps per task (None: the setting's: 1000 MTIL; CIL: `epochs` over each step)
     epochs: float | None = None  # CIL: passes over each step's training images, ceil(epochs·N/batch) steps (default 1)
-    batch_size: int = 64
+    batch_size: int | None = None  # None: 64 (MoE-Adapter on CIFAR100 10 / 20 steps: 128)
     synthetic_batch: int = 64
     synthetic_budget: int = 1000
     lr: float | None = None  # None: per dataset (5e-5 aircraft and mnist, 1e-5 others; 1e-3 for mini tasks); CIL 7.1e-6
@@ -94,6 +110,19 @@ class TrainConfig:
     router_epochs: float = 20.0  # passes over the task-balanced renders, re-trained from scratch after every task
     router_lr: float = 1e-3
     router_hidden: int = 512
+    # moe-adapter (docs/moe-adapter.md); the None fields are filled for it only (MTIL_/CIL_METHOD_DEFAULTS)
+    moe_experts: int | None = None  # experts per block and tower (22 MTIL, 2 CIL)
+    moe_top_k: int = 2
+    moe_freeze: bool | None = None  # activate-freeze of each task's most used top-k experts (MTIL on, CIL off)
+    moe_parity_step: bool = True  # one more step at the schedule's end (lr 0), as the released loop runs
+    router_noise_at_eval: bool | None = None  # gating noise outside training (MTIL off; CIL on, as its code does)
+    ddas: bool | None = None  # MTIL: autoencoders pick each test batch's router (off: the last task's router always)
+    ddas_threshold: float = 0.0655  # least autoencoder error above it -> zero-shot CLIP
+    ddas_steps: int = 301  # autoencoder steps per task (TinyImageNet's: ddas_zero_shot_steps)
+    ddas_zero_shot_steps: int = 1001
+    ddas_batch: int = 64
+    ddas_eval_batch: int = 128  # test images per router decision
+    alexnet_weights: str | None = None  # imagenet (torch's cache) | a file | none (random); None: none on mini orders
 
     def __post_init__(self) -> None:
         if self.iterations is not None and self.epochs is not None:
@@ -131,10 +160,11 @@ CHOICES: dict[str, tuple[str, ...]] = {"precision": ("fp32", "bf16"), "ita_targe
 # (a setting's default, filled in before the check) are never checked.
 RANGES: dict[str, tuple[float, bool, float | None, bool]] = {
     **dict.fromkeys(("batch_size", "synthetic_batch", "synthetic_budget", "iterations", "random_texts",
-                     "ensemble_every", "ewc_samples", "router_hidden"), (1, True, None, True)),
+                     "ensemble_every", "ewc_samples", "router_hidden", "moe_experts", "moe_top_k", "ddas_steps",
+                     "ddas_zero_shot_steps", "ddas_batch", "ddas_eval_batch"), (1, True, None, True)),
     **dict.fromkeys(("warmup", "weight_decay", "seed", "workers", "alpha", "beta", "lam", "l2_weight", "memory_size"),
                     (0, True, None, True)),
-    **dict.fromkeys(("epochs", "lr", "temperature", "router_epochs", "router_lr"), (0, False, None, True)),
+    **dict.fromkeys(("epochs", "lr", "temperature", "router_epochs", "router_lr", "ddas_threshold"), (0, False, None, True)),
     "label_smoothing": (0, True, 1, False), "wise_alpha": (0, True, 1, True),
 }
 OPTION_NAMES = {"clip_arch": "--clip"}  # a field's `gift train` option, where it is not --<field-with-dashes>
@@ -179,9 +209,14 @@ def setting_defaults(order: str, method: str) -> dict[str, object]:
     listing the valid ones)."""
     catalog.get_order(order)
     if not catalog.is_cil(order):
-        return dict(MTIL_DEFAULTS)
-    dataset = catalog.get_setting(order).dataset
-    return {**CIL_DEFAULTS, **CIL_DATASET_DEFAULTS.get(dataset, {}), **CIL_METHOD_DEFAULTS.get(method, {})}
+        out = {**MTIL_DEFAULTS, **MTIL_METHOD_DEFAULTS.get(method, {})}
+    else:
+        dataset = catalog.get_setting(order).dataset
+        out = {**CIL_DEFAULTS, **CIL_DATASET_DEFAULTS.get(dataset, {}), **CIL_METHOD_DEFAULTS.get(method, {}),
+               **CIL_SETTING_METHOD_DEFAULTS.get((method, order), {})}
+    if method == "moe-adapter" and out.get("ddas"):
+        out["alexnet_weights"] = "none" if order in ("mini", "mini-cil") else "imagenet"
+    return out
 
 
 def lr_at(step: int, base: float, warmup: int, total: int) -> float:

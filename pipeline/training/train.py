@@ -228,7 +228,10 @@ def _run(run: Run) -> Path:
         run.run_dir, run.state = prepare_run_dir(config)
     with run_log(run.run_dir if dist.main else None):
         try:
-            run.offsets = np.cumsum([0] + [config.steps_for(len(run.datasets[t])) for t in order]).tolist()
+            run.method = run.method_cls(config)
+            run.method.prepare_model(model, run.protocol)  # its own modules, before a checkpoint is loaded into them
+            run.offsets = np.cumsum([0] + [run.method.schedule(config.steps_for(len(run.datasets[t])))[0]
+                                           for t in order]).tolist()
             run.tracker.open(run.run_dir, config, run.protocol, run.state, run.offsets)
             run.initial_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             if run.state["checkpoint"]:
@@ -251,9 +254,9 @@ def _run(run: Run) -> Path:
             if config.compile and run.method_cls.trains:  # compiled once for every task; text ids of a new width
                 # (trimmed per task) recompile once, then dynamo treats the width as dynamic
                 run.student = torch.compile(run.student)
-            run.method = run.method_cls(config)
-            evaluate = run.protocol.evaluator(run.tests, run.tokenize, run.device, run.amp, dist,
-                                              frozen=not run.method.trains)
+            evaluate = (run.method.evaluator(run.protocol, run.tests, run.tokenize, run.device, run.amp, dist)
+                        or run.protocol.evaluator(run.tests, run.tokenize, run.device, run.amp, dist,
+                                                  frozen=not run.method.trains))
             for index, task in enumerate(order):
                 if index < run.state["finished"]:
                     continue
@@ -286,7 +289,7 @@ def _train_task(run: Run, index: int, task: str, synth: SyntheticBatchSource | N
     """Train step ``index`` (``task``) of the run: its real data and, for a method with a synthetic stream, ``synth``
     (the step's draw, decoded); ``generator``: the step's seeded RNG."""
     config, method, device = run.config, run.method, run.device
-    params = [p for p in run.model.parameters() if p.requires_grad]
+    params = method.trained_parameters(run.model, index)
     forward = functools.partial(student_features, run.student)
     workers = 0 if run.protocol.in_memory else loader_workers(config)  # mini: a few hundred images
     real_seed, replay_seed = torch.randint(0, 2**62, (2,), generator=generator).tolist()
@@ -299,9 +302,9 @@ def _train_task(run: Run, index: int, task: str, synth: SyntheticBatchSource | N
     real = ImageStream(run.datasets[task], train_transform(run.size, uint8=True), config.batch_size, real_seed, run.dist,
                        device, workers=workers)
     spec = run.protocol.task(task)
-    steps = config.steps_for(len(run.datasets[task]))
+    steps, span = method.schedule(config.steps_for(len(run.datasets[task])))  # span: the steps the lr schedule covers
     class_tokens = run.tokenize([spec.prompt(c) for c in range(spec.num_classes)]).to(device)  # trimmed, once per task
-    base_lr = config.lr_for(task)
+    base_lr = method.lr_for(task)
     optimizer = torch.optim.AdamW(params, lr=base_lr, betas=(0.9, 0.999), weight_decay=config.weight_decay,
                                   fused=device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None)
@@ -312,7 +315,7 @@ def _train_task(run: Run, index: int, task: str, synth: SyntheticBatchSource | N
     try:
         for step in range(steps):
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, base_lr, config.warmup, steps)
+                group["lr"] = lr_at(step, base_lr, config.warmup, span)
             loss_log.add(step, run_step(ctx, method, replay.next() if replay is not None else None, real.next(),
                                         class_tokens, optimizer, autocast))
             method.after_step(ctx, step)
