@@ -377,8 +377,8 @@ def test_cli_moe_adapter_bad_input_is_one_clear_line(tmp_path):
         MoeAdapter.check(TrainConfig(order="mini", method="moe-adapter", moe_experts=1))
     with pytest.raises(ValueError, match=r"its CIL variant has one router \(pass --no-ddas\)"):
         MoeAdapter.check(TrainConfig(order="mini-cil", method="moe-adapter", ddas=True))
-    with pytest.raises(ValueError, match="--ddas-eval-batch must be positive, got 0"):
-        MoeAdapter.check(TrainConfig(order="mini", method="moe-adapter", ddas_eval_batch=0))
+    with pytest.raises(ValueError, match="--ddas-eval-batch must be at least 1, got 0"):
+        TrainConfig(order="mini", method="moe-adapter", ddas_eval_batch=0)
     with pytest.raises(ValueError, match="TinyImageNet's train split: pass --data-root"):
         MoeAdapter.check(TrainConfig(order="II", method="moe-adapter", alexnet_weights="none"))
 

@@ -50,10 +50,7 @@ class MoeAdapter(Method):
     def check(cls, config) -> None:
         if not 0 < config.moe_top_k <= config.moe_experts:
             raise ValueError(f"--moe-top-k {config.moe_top_k} must be between 1 and --moe-experts {config.moe_experts}")
-        for what, value in (("--ddas-batch", config.ddas_batch), ("--ddas-eval-batch", config.ddas_eval_batch),
-                            ("--ddas-steps", config.ddas_steps), ("--ddas-zero-shot-steps", config.ddas_zero_shot_steps)):
-            if not value > 0:
-                raise ValueError(f"{what} must be positive, got {value}")
+        # (the DDAS batch and step counts are checked with every other option: TrainConfig's RANGES)
         if config.ddas and catalog.is_cil(config.order):
             raise ValueError("DDAS is MoE-Adapter's MTIL selector; its CIL variant has one router (pass --no-ddas)")
         if config.ddas and config.alexnet_weights not in ("none", "random"):
