@@ -72,6 +72,7 @@ def train(
     ewc_samples: int = typer.Option(256, help="ewc: synthetic samples for the static Fisher before each task."),
     captions: Path = typer.Option(Path("captions-out"), help="clts and --replay-captions: root of caption sets (gift caption --out), or one caption set; the images rendered from each are found under --shards."),
     replay_captions: bool = typer.Option(False, "--replay-captions", help="gift: replay images rendered from the earlier tasks' caption sets (texts = their captions) instead of class-name prompts; the base set stays class prompts."),
+    real_renders: bool = typer.Option(False, "--real-renders", help="clts and --replay-captions: accept images of the `reference` generator (real images) in place of renders of the captions: an ablation, recorded in config.json and named in the report and gift table (refused without it)."),
     routing: str = typer.Option("hard", help="clts: hard (the router's task, then its head) | soft (argmax over classes of p(t|x)·p(c|x,t))."),
     router_epochs: float = typer.Option(20.0, help="clts: passes of the router over the task-balanced renders, after every task."),
     router_lr: float = typer.Option(1e-3, help="clts: the router's AdamW learning rate (the heads use --lr, default 1e-3 for clts)."),
@@ -108,7 +109,7 @@ def train(
             reference_images=str(reference_images) if reference_images else None,
             reference_texts=str(reference_texts) if reference_texts else None, ensemble_every=ensemble_every,
             memory_size=memory_size, ewc_samples=ewc_samples, captions=str(captions), replay_captions=replay_captions,
-            routing=routing, router_epochs=router_epochs, router_lr=router_lr, router_hidden=router_hidden,
+            real_renders=real_renders, routing=routing, router_epochs=router_epochs, router_lr=router_lr, router_hidden=router_hidden,
         )
         try:
             run_dir = run_train(config, TrainProgress(), torch.device(device) if device else None,

@@ -1,6 +1,6 @@
 """Continual-learning methods, one small file each, plugged into one loop (see ``base.py``)."""
 
-from .base import Kept, Method, SynthBatch, TaskContext
+from .base import Extra, Kept, Method, SynthBatch, TaskContext
 from .clts import Clts
 from .ewc import EWC
 from .finetune import Finetune
@@ -33,4 +33,4 @@ def get_method(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Kept", "Method", "SynthBatch", "TaskContext", "get_method"]
+__all__ = ["METHODS", "Extra", "Kept", "Method", "SynthBatch", "TaskContext", "get_method"]

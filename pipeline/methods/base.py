@@ -103,12 +103,25 @@ class Kept:
     what: str
 
 
+@dataclass(frozen=True)
+class Extra:
+    """Learned parameters a run keeps beyond the one CLIP every method has (task heads, a router, adapters,
+    autoencoders; exemplars are data and stay under ``Kept``): ``count`` parameters taking ``bytes`` as stored, and
+    what they are, e.g. "10 heads + router", "none"."""
+
+    count: int
+    bytes: int
+    what: str
+
+
 class Method:
     name: ClassVar[str] = ""
     trains: ClassVar[bool] = True  # False: evaluate only
     uses_synthetic: ClassVar[bool] = False
     uses_anchor: ClassVar[bool] = False  # needs θ(t−1) copied at the task's start
     loop: ClassVar[str] = "finetune"  # the fine-tuning loop of pipeline/training/train.py (else LOOPS[loop])
+    # what it replays, for reports and tables; a method replaying pool sets says so from the run's replay.json instead
+    replays: ClassVar[str] = "nothing"
 
     def __init__(self, config) -> None:
         self.config = config
@@ -122,6 +135,12 @@ class Method:
         """The memory of task data the run in ``run_dir`` (its config.json ``cfg`` and state.json ``state``) keeps
         after its finished tasks. By default nothing: the model alone, and data that is not the tasks' own."""
         return Kept(0, "nothing")
+
+    @classmethod
+    def extra(cls, run_dir: Path, cfg: dict, state: dict) -> Extra:
+        """The learned parameters beyond CLIP that the run in ``run_dir`` keeps after its finished tasks, counted
+        from what it saved (not typed in). By default none."""
+        return Extra(0, 0, "none")
 
     def begin_task(self, ctx: TaskContext) -> None: ...
 

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.clts.memory import human
 from pipeline.datasets import catalog
 from pipeline.evaluation import report
 from pipeline.evaluation.cil_report import CLIP_ROWS, describe, published_cil
 from pipeline.evaluation.metrics import CilSummary, Summary, summarize, summarize_cil
-from pipeline.methods import METHODS, Kept
+from pipeline.methods import METHODS, Extra, Kept
+from pipeline.methods.facts import extra_text, kept_text, replayed_text
 from pipeline.training.config import TrainConfig
 from pipeline.training.rundir import prepare_run_dir
 from pipeline.training.train import Progress, train
@@ -64,6 +64,8 @@ class Row:
     source: str = ""
     error: str | None = None
     kept: Kept | None = None  # the memory of task data the run keeps (its method's ``kept``)
+    extra: Extra | None = None  # the learned parameters it keeps beyond CLIP (its method's ``extra``)
+    replayed: str = report.DASH  # what it replayed (SD renders, tiny-SD renders, real images, ...)
 
     @property
     def values(self) -> Triple | None:
@@ -175,6 +177,8 @@ def build_table(order: str, run_dirs: Sequence[Path], *, errors: Mapping[Path, s
             row.summary = summarize_cil(state["seen"], acc) if catalog.is_cil(order) else summarize(acc, datasets)
         if cfg["method"] in METHODS:
             row.kept = METHODS[cfg["method"]].kept(run_dir, cfg, state)
+            row.extra = METHODS[cfg["method"]].extra(run_dir, cfg, state)
+        row.replayed = replayed_text(run_dir, cfg)
         rows.append(row)
     return Table(order, datasets, rows)
 
@@ -203,15 +207,6 @@ def _signed(v: float | None) -> str:
     return report.DASH if v is None or math.isnan(v) else f"{v:+.1f}"
 
 
-def kept_text(kept: Kept | None) -> str:
-    """'15.4 MB (5,000 exemplars, 32×32×3 uint8)', '4.9 kB (100 captions, UTF-8)', 'nothing'."""
-    if kept is None:
-        return report.DASH
-    if kept.bytes is None:
-        return kept.what
-    return kept.what if kept.bytes == 0 else f"{human(kept.bytes)} ({kept.what})"
-
-
 def table_markdown(table: Table) -> str:
     """``table-<order>.md``: the comparison in the paper's layout, then notes on partial / failed rows."""
     show_paper = any(r.published is not None for r in table.rows)
@@ -219,9 +214,10 @@ def table_markdown(table: Table) -> str:
     header = ["Method", "paper row"]
     for m in table.metrics:
         header += [report.METRICS[m], *(["paper"] if show_paper else []), *(["Δ l2"] if delta_column else [])]
+    header.append("replayed")  # renders, or real images: a table says which, row by row
     if table.cil:  # CIL: what of the tasks' data each method keeps (exemplars, captions, nothing)
         header.append("memory kept")
-    header.append("status")
+    header += ["extra parameters", "status"]
     lines_rows = []
     for row in table.rows:
         values = row.values or (None, None, None)
@@ -234,9 +230,10 @@ def table_markdown(table: Table) -> str:
                 cells.append(_csv_num(published[m], 2) or report.DASH if table.cil else _num(published[m]))
             if delta_column:
                 cells.append(_signed(delta[m]))
+        cells.append(row.replayed)
         if table.cil:
             cells.append(kept_text(row.kept))
-        cells.append(row.status_text)
+        cells += [extra_text(row.extra), row.status_text]
         lines_rows.append(cells)
     if table.cil:
         what = f"CIL {table.order} ({describe(catalog.get_setting(table.order))})"
@@ -290,7 +287,8 @@ def published_only_lines(order: str) -> list[str]:
 
 CSV_HEADER = ["method", "preset", "paper_row", "run_dir", "status", "finished", "tasks", "transfer", "avg", "last",
               "delta_transfer", "delta_avg", "delta_last", "published_transfer", "published_avg", "published_last",
-              "differs_transfer", "differs_avg", "differs_last", "source", "error", "memory_bytes", "memory"]
+              "differs_transfer", "differs_avg", "differs_last", "source", "error", "memory_bytes", "memory", "replayed",
+              "extra_params", "extra_bytes", "extra"]
 
 
 def table_csv(table: Table) -> str:
@@ -310,7 +308,8 @@ def table_csv(table: Table) -> str:
                          *((str(d).lower() if has_pub else "") for d in row.differs()),
                          row.source, row.error or "",
                          "" if row.kept is None or row.kept.bytes is None else row.kept.bytes,
-                         "" if row.kept is None else row.kept.what])
+                         "" if row.kept is None else row.kept.what, row.replayed,
+                         *(("", "", "") if row.extra is None else (row.extra.count, row.extra.bytes, row.extra.what))])
     return buf.getvalue()
 
 

@@ -45,7 +45,7 @@ from .protocol import Protocol, protocol_for
 from .replay import ImageStream
 from .rundir import finish_task, prepare_run_dir, run_log
 from .step import LossLog, run_step
-from .synthetic import find_pool_sets
+from .synthetic import find_pool_sets, write_replay_record
 
 log = logging.getLogger("gift.train")
 # The loops of methods that do not fine-tune CLIP (``Method.loop``), each reusing the run directory, resume, report,
@@ -172,7 +172,8 @@ def _pool_sets(config: TrainConfig, pool: list[str]) -> tuple[dict[str, Path], d
     if is_url(config.shards):
         raise ShardSetError(f"--replay-captions reads a local --shards root, not {config.shards}: pull the sets first "
                             "(gift shards pull STORE/TASK/HASH DEST), the caption sets included")
-    return caption_pool_sets(config.shards, config.captions, pool, config.shard_family, config.replay_generator)
+    return caption_pool_sets(config.shards, config.captions, pool, config.shard_family, config.replay_generator,
+                             config.real_renders)
 
 
 def _run(config, dist, progress, device, method_cls, protocol: Protocol, datasets, tests, model, size, tokenize,
@@ -182,6 +183,8 @@ def _run(config, dist, progress, device, method_cls, protocol: Protocol, dataset
         run_dir, state = prepare_run_dir(config)
         if renders:  # which caption sets the replay came from, and the memory they are (report, gift table)
             write_captions_record(run_dir, renders)
+        if sets is not None:  # what the replay is: renders, or real images (report, gift table)
+            write_replay_record(run_dir, sets)
     dist.barrier()
     if not dist.main:
         run_dir, state = prepare_run_dir(config)
