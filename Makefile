@@ -32,7 +32,7 @@ TABLE_ARGS ?=
 # ORDER=mini / mini-cil: the demo's tiny CLIP, reference pool sets and settings, so its finetune and gift runs are reused
 MINI_COMMON = --runs demo-out/runs --shards demo-out/shards --captions demo-out/captions --clip tiny --clip-weights demo-out/tiny-clip-pretrained.safetensors \
               --batch-size 32 --synthetic-batch 32 --synthetic-budget 96 --workers 0
-MINI_ARGS = $(MINI_COMMON) $(if $(filter mini,$(ORDER)),--iterations 200 --warmup 10)
+MINI_ARGS = $(MINI_COMMON) $(if $(filter mini,$(ORDER)),--iterations 200 --warmup 10)$(if $(filter mini-cil,$(ORDER)), --real-renders)
 IS_MINI = $(filter mini mini-cil,$(ORDER))
 DEFAULT_GROUP = $(if $(filter I II mini,$(ORDER)),comparison,$(if $(filter seq-%,$(ORDER)),seq,cil))
 # sharing: STORE is a directory (shared/NFS mount), ssh://[user@]host[:port]/path, https://... (read-only), any fsspec URL
