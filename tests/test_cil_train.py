@@ -169,13 +169,14 @@ def test_cil_table_sets_published_rows_beside_ours(tmp_path):
     dirs = [fake("finetune", [70.0] * 10), fake("gift", [90.0] * 9 + [80.0]), fake("zscl", [75.0] * 4, iterations=3)]
     table = tbl.build_table("cifar100-10", dirs)
     md = tbl.write_table(table, runs)["md"].read_text()
-    assert table_row(md, "`gift`") == ["`gift`", "GIFT", "89.0 ⚠", "85.11", "80.0 ⚠", "77.70",
-                                       "nothing (renders of class names)", "finished"]
+    # ... | replayed | memory kept | extra parameters | status (these fake runs recorded no replay.json)
+    assert table_row(md, "`gift`") == ["`gift`", "GIFT", "89.0 ⚠", "85.11", "80.0 ⚠", "77.70", "pool sets (not recorded)",
+                                       "nothing (renders of class names)", "none", "finished"]
     assert table_row(md, "`finetune`") == ["`finetune`", "CLIP Fine-tune", "70.0 ⚠", "65.46", "70.0 ⚠", "53.23",
-                                           "nothing", "finished"]
+                                           "nothing", "nothing", "none", "finished"]
     # not the paper's setting (3 iterations per step): no published numbers; partial
-    assert table_row(md, "`zscl`") == ["`zscl`", "ZSCL", "75.0", "–", "75.0", "–", "nothing",
-                                       "partial (4/10 tasks)"]
+    assert table_row(md, "`zscl`") == ["`zscl`", "ZSCL", "75.0", "–", "75.0", "–", "reference images (real)", "nothing",
+                                       "none", "partial (4/10 tasks)"]
     assert "Transfer" not in md and "Δ l2" not in md
     assert "**Published only**" in md and table_row(md, "DER") == ["DER", "74.64", "64.35"]
 
