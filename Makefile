@@ -39,6 +39,9 @@ TABLE_ARGS ?=
 MINI_COMMON = --shards demo-out/shards --captions demo-out/captions --clip tiny --clip-weights demo-out/tiny-clip-pretrained.safetensors \
               --batch-size 32 --synthetic-batch 32 --synthetic-budget 96 --workers 0
 MINI_ARGS = $(MINI_COMMON) $(if $(filter mini,$(ORDER)),--iterations 200 --warmup 10)
+# mini-cil's caption "renders" are real digits (the tiny SD is untrained): the --real-renders ablation, for the runs that
+# replay caption renders (clts; the table passes it to its clts and gift-captions rows only)
+REAL_RENDERS = $(if $(filter mini-cil,$(ORDER)),--real-renders)
 IS_MINI = $(filter mini mini-cil,$(ORDER))
 MINI_DEMO = $(if $(IS_MINI),demo-out/tiny-clip-pretrained.safetensors)
 # the demo's pool sets: real held-out digits (reference generator), 16 per class, 32 px
@@ -99,7 +102,7 @@ caption: $(BIN)/gift ## Caption TASK's chosen training images with BLIP into CAP
 	$(GIFT) caption $(or $(TASK),aircraft) --out $(CAPTIONS_OUT) --data-root $(DATA) $(CAPTION_ARGS)
 
 doctor: $(BIN)/gift $(MINI_DEMO) ## Check everything a run of ORDER needs (weights, datasets, pool sets, disk, GPUs) and its cost; every problem with its fix
-	$(GIFT) doctor --order $(ORDER) --method $(METHOD) $(RUN_ARGS) $(if $(IS_MINI),--model reference:demo-out/mini-reference --captioner tiny,--model $(MODEL)) \
+	$(GIFT) doctor --order $(ORDER) --method $(METHOD) $(RUN_ARGS) $(if $(filter clts,$(METHOD)),$(REAL_RENDERS)) $(if $(IS_MINI),--model reference:demo-out/mini-reference --captioner tiny,--model $(MODEL)) \
 	  --make-hint 'make generate ORDER=$(ORDER)' $(DOCTOR_ARGS)
 
 shards-ls: $(BIN)/gift ## List the shard sets under OUT
@@ -121,10 +124,10 @@ verify: $(BIN)/gift ## Verify every set under OUT (checksums and every sample)
 	@set -e; for m in $(OUT)/*/*/manifest.json; do $(GIFT) shards verify $$(dirname $$m); done
 
 train: $(BIN)/gift $(MINI_DEMO) ## Continual fine-tuning over ORDER (I|II|mini or a CIL setting) with METHOD, data from DATA, sets from OUT (clts: captions from CAPTIONS_OUT) -> RUNS/
-	$(GIFT) train --order $(ORDER) --method $(METHOD) $(RUN_ARGS) $(TRAIN_ARGS)
+	$(GIFT) train --order $(ORDER) --method $(METHOD) $(RUN_ARGS) $(if $(filter clts,$(METHOD)),$(REAL_RENDERS)) $(TRAIN_ARGS)
 
 table: $(BIN)/gift $(MINI_DEMO) ## Run METHODS over ORDER where not finished (SEED=0,1,2: per seed, mean ± std) -> RUNS/table-ORDER.md/.csv/.png (mini, mini-cil: under demo-out/)
-	$(GIFT) table --order $(ORDER) --methods $(or $(METHODS),$(DEFAULT_GROUP)) $(RUN_ARGS) $(TABLE_ARGS)
+	$(GIFT) table --order $(ORDER) --methods $(or $(METHODS),$(DEFAULT_GROUP)) $(RUN_ARGS) $(REAL_RENDERS) $(TABLE_ARGS)
 
 demo-out/tiny-clip-pretrained.safetensors: | $(BIN)/gift
 	$(GIFT) demo --out demo-out

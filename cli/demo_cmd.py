@@ -17,9 +17,10 @@ from cli.shards_cmd import shards_ls
 
 METHODS = ("finetune", "gift")
 # mini-cil's runs: (row name, method, extra TrainConfig fields); the row names are `gift table`'s presets, so
-# `make table ORDER=mini-cil METHODS=seq` reuses these runs
-CIL_RUNS = (("finetune", "finetune", {}), ("gift", "gift", {}), ("clts", "clts", {}),
-            ("gift-captions", "gift", {"replay_captions": True}))
+# `make table ORDER=mini-cil METHODS=seq` reuses these runs. The caption "renders" here are real held-out digits (the
+# tiny SD is untrained): clts and gift-captions take them only as the real-image ablation, --real-renders.
+CIL_RUNS = (("finetune", "finetune", {}), ("gift", "gift", {}), ("clts", "clts", {"real_renders": True}),
+            ("gift-captions", "gift", {"replay_captions": True, "real_renders": True}))
 
 
 def run_name(row: str, method: str, order: str, seed: int) -> str | None:
@@ -52,8 +53,8 @@ def demo(
     from pipeline.evaluation.spread import cil_spread_table, fmt, mean_std, spread, spread_table
     from pipeline.generation.generate import generate, resolve_spec
     from pipeline.methods import get_method
+    from pipeline.methods.facts import extra_text, kept_text, replayed_text
     from pipeline.models import ClipSpec
-    from pipeline.tables.table import kept_text
     from pipeline.training.config import TrainConfig
     from pipeline.training.pretrain import pretrain_tiny_clip
     from pipeline.training.train import train as run_train
@@ -115,25 +116,31 @@ def demo(
            for m, by_seed in cil_runs.items()}
     cil_spreads = {m: (mean_std([c.avg for c in by_seed.values()]), mean_std([c.last for c in by_seed.values()]))
                    for m, by_seed in cil.items()}
-    kept = {row: kept_text(get_method(method).kept(cil_runs[row][seeds[0]],
-                                                  *(json.loads((cil_runs[row][seeds[0]] / f).read_text())
-                                                    for f in ("config.json", "state.json"))))
-            for row, method, _ in CIL_RUNS}
+    kept, replayed, extra = {}, {}, {}  # what each row replayed and keeps, from its seed-0 run: said in the tables
+    for row, method, _ in CIL_RUNS:
+        run_dir = cil_runs[row][seeds[0]]
+        cfg, state = (json.loads((run_dir / f).read_text()) for f in ("config.json", "state.json"))
+        kept[row] = kept_text(get_method(method).kept(run_dir, cfg, state))
+        extra[row] = extra_text(get_method(method).extra(run_dir, cfg, state))
+        replayed[row] = replayed_text(run_dir, cfg)
+    mtil_replayed = {m: replayed_text(by_seed[seeds[0]], json.loads((by_seed[seeds[0]] / "config.json").read_text()))
+                     for m, by_seed in runs.items()}
     minutes = (time.time() - started) / 60
 
     table = Table("method", f"{order[0]} after task {' / '.join(str(i + 1) for i in range(len(order)))}", "Transfer",
-                  "Avg.", "Last", title=f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                  "Avg.", "Last", "replayed", title=f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
                   + (": mean ± std" if len(seeds) > 1 else ""))
     for method, s in spreads.items():
         table.add_row(method, " / ".join(fmt(v, s.seeds) for v in s.first_dataset), fmt(s.transfer, s.seeds),
-                      fmt(s.avg, s.seeds), fmt(s.last, s.seeds))
+                      fmt(s.avg, s.seeds), fmt(s.last, s.seeds), mtil_replayed[method])
     out.print(table)
-    table = Table("method", "Avg.", "Last", "memory kept", title="CIL: mini-cil (10 digits, 5 steps of 2)")
+    table = Table("method", "Avg.", "Last", "replayed", "memory kept", "extra parameters",
+                  title="CIL: mini-cil (10 digits, 5 steps of 2)")
     for row, (avg, last) in cil_spreads.items():
-        table.add_row(row, fmt(avg, len(seeds)), fmt(last, len(seeds)), kept[row])
+        table.add_row(row, fmt(avg, len(seeds)), fmt(last, len(seeds)), replayed[row], kept[row], extra[row])
     out.print(table)
-    tables = [*spread_table(spreads, order[0]), "", "mini-cil (class-incremental):", "",
-              *cil_spread_table(cil_spreads, len(seeds), kept)]
+    tables = [*spread_table(spreads, order[0], mtil_replayed), "", "mini-cil (class-incremental):", "",
+              *cil_spread_table(cil_spreads, len(seeds), kept, replayed, extra)]
     summary = write_summary(out_dir, seeds, iterations, tables, matrices, runs, order, minutes, cil, cil_runs)
     out.print(f"contact sheet of the tiny SD renders (random weights: noise by design, a test of the pipeline): {sheet}")
     out.print(f"summary (paste-ready table, machine, per-seed runs): {summary}")

@@ -114,7 +114,8 @@ def test_an_interrupted_cil_run_resumes_to_the_uninterrupted_result(workspace):
 @pytest.mark.parametrize("method", ["zeroshot", "finetune", "lwf", "lwf-vr", "icarl", "zscl", "gift"])
 def test_every_cil_baseline_runs_mini_cil(workspace, method):
     """Table 7's methods through the CIL loop (2 steps per task): each logs its own term; iCaRL's memory holds the
-    steps' classes, cut back as classes arrive; the distillation weight is the setting's 5 for LwF / ZSCL."""
+    steps' classes, cut back as classes arrive; the distillation weight is the setting's 5 for LwF / iCaRL / ZSCL,
+    ZSCL adds no l2 in CIL; the report says what each replayed."""
     from tests.test_methods import _captions
 
     root, _ = workspace
@@ -122,7 +123,7 @@ def test_every_cil_baseline_runs_mini_cil(workspace, method):
              "zscl": dict(reference_images=str(root / "reference"), reference_texts=str(_captions(workspace)))}
     config = mini_cil(workspace, method=method, name=f"cil-all-{method}", iterations=2, batch_size=16,
                       synthetic_batch=16, **extra.get(method, {}))
-    assert config.alpha == (5.0 if method in ("lwf", "lwf-vr", "zscl") else 1.0)
+    assert config.alpha == (5.0 if method in ("lwf", "lwf-vr", "icarl", "zscl") else 1.0)
     acc, seen = load(train(config, device=CPU))
     assert acc.shape == (5, 5) and len(seen) == 5 and ((seen >= 0) & (seen <= 100)).all()
     run_dir = root / "runs" / f"cil-all-{method}"
@@ -130,6 +131,11 @@ def test_every_cil_baseline_runs_mini_cil(workspace, method):
         logged = set().union(*(json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()))
         own = {"lwf": "lwf", "lwf-vr": "lwf", "zscl": "zscl", "icarl": "icarl", "gift": "awc"}
         assert own.get(method, "ce") in logged, logged
+        assert "l2" not in logged  # zscl: the harness's CIL configs have no l2
+    replayed = {"zeroshot": "nothing", "finetune": "nothing", "lwf": "the current task's images (real)",
+                "lwf-vr": "the current task's images (real)", "icarl": "exemplars (real images)",
+                "zscl": "reference images (real)", "gift": "real images"}  # gift: the `reference` pool sets
+    assert f"- Replayed: {replayed[method]}\n" in (run_dir / "results.md").read_text()
     if method == "icarl":  # 6 classes seen after 3 steps: 20 // 6 = 3 exemplars each
         memory = json.loads((run_dir / "icarl-memory-task03.json").read_text())
         assert set(memory) == {"mini-cil/01", "mini-cil/02", "mini-cil/03"}
@@ -163,13 +169,14 @@ def test_cil_table_sets_published_rows_beside_ours(tmp_path):
     dirs = [fake("finetune", [70.0] * 10), fake("gift", [90.0] * 9 + [80.0]), fake("zscl", [75.0] * 4, iterations=3)]
     table = tbl.build_table("cifar100-10", dirs)
     md = tbl.write_table(table, runs)["md"].read_text()
-    assert table_row(md, "`gift`") == ["`gift`", "GIFT", "89.0 ⚠", "85.11", "80.0 ⚠", "77.70",
-                                       "nothing (renders of class names)", "finished"]
+    # ... | replayed | memory kept | extra parameters | status (these fake runs recorded no replay.json)
+    assert table_row(md, "`gift`") == ["`gift`", "GIFT", "89.0 ⚠", "85.11", "80.0 ⚠", "77.70", "pool sets (not recorded)",
+                                       "nothing (renders of class names)", "none", "finished"]
     assert table_row(md, "`finetune`") == ["`finetune`", "CLIP Fine-tune", "70.0 ⚠", "65.46", "70.0 ⚠", "53.23",
-                                           "nothing", "finished"]
+                                           "nothing", "nothing", "none", "finished"]
     # not the paper's setting (3 iterations per step): no published numbers; partial
-    assert table_row(md, "`zscl`") == ["`zscl`", "ZSCL", "75.0", "–", "75.0", "–", "nothing",
-                                       "partial (4/10 tasks)"]
+    assert table_row(md, "`zscl`") == ["`zscl`", "ZSCL", "75.0", "–", "75.0", "–", "reference images (real)", "nothing",
+                                       "none", "partial (4/10 tasks)"]
     assert "Transfer" not in md and "Δ l2" not in md
     assert "**Published only**" in md and table_row(md, "DER") == ["DER", "74.64", "64.35"]
 

@@ -54,7 +54,10 @@ def config(workspace, clts_root, **kw) -> TrainConfig:
     (_, weights), (out, _) = workspace, clts_root
     base = dict(order="mini-cil", method="clts", runs=str(out / "runs"), shards=str(out / "shards"),
                 captions=str(out / "captions"), clip_arch="tiny", clip_weights=str(weights), workers=0)
-    return TrainConfig(**{**base, **kw})
+    merged = {**base, **kw}
+    # the caption renders here are real held-out digits (`reference`): taken only as the ablation, --real-renders
+    renders = merged["method"] == "clts" or merged.get("replay_captions")
+    return TrainConfig(**{"real_renders": bool(renders), **merged})
 
 
 def load(run_dir):
@@ -103,6 +106,17 @@ def test_clts_routes_above_chance_and_keeps_old_classes_better_than_finetune(run
     total = sum(len(r.caption.encode()) for r in clts_root[1].records)
     memory = (run_dir / "memory.csv").read_text().splitlines()
     assert memory[1] == f"captions kept (UTF-8),40,{total},1.00"
+    # beside the captions, the heads and router it keeps, counted from the checkpoint: 5 heads of (D·2 + 2) and a
+    # router D -> 512 -> 5, on the tiny CLIP's feature width D
+    dim = weights["heads.0.weight"].shape[1]
+    params = 5 * (dim * 2 + 2) + (dim * 512 + 512) + (512 * 5 + 5)
+    assert memory[2] == f"learned parameters beyond CLIP: 5 task heads + router (items = parameters),{params}," \
+                        f"{4 * params},{4 * params / total:.2f}"
+    assert memory[3].startswith(f"captions + learned parameters,40,{total + 4 * params},")
+    assert json.loads((run_dir / "config.json").read_text())["real_renders"] is True
+    assert "- Replayed: real images (--real-renders ablation)\n" in md
+    assert f"- Extra parameters (beyond the one CLIP every method has): {human(4 * params)} ({params:,} parameters: " \
+           "5 task heads + router)\n" in md
     steps = (run_dir / "clts.csv").read_text().splitlines()
     assert len(steps) == 6 and steps[-1].endswith(f",40,{total}")
 
@@ -196,6 +210,28 @@ def test_memory_ratio_of_seq_cifar10_defaults(clts_root):
     assert tiny[1].bytes == 100 * 64 * 64 * 3 and tiny[1].ratio == pytest.approx(245.76)
 
 
+def test_clts_parameters_at_vit_b16_widths_beside_seq_cifar100s_images():
+    """The learned parameters CLTS keeps at ViT-B/16's feature width (512, from open_clip's config), counted on the
+    CltsModel itself: a 10-class head is 512·10 + 10 = 5,130 parameters (20,520 B in fp32), the router after 10 steps
+    512·512 + 512 + 512·10 + 10 = 267,786 (1,071,144 B); on seq-cifar100 (10 steps of 10) 1,276,344 B in all, about
+    1.3 MB with its 1,000 captions against 3,072,000 B of as many raw CIFAR images."""
+    from pipeline.clts.params import clip_feature_dim, planned_parts
+
+    dim = clip_feature_dim("ViT-B-16")
+    assert dim == 512
+    one = planned_parts(dim, [10])
+    assert (one.heads, one.head_params, one.router_params, one.bytes) == (1, 5_130, 0, 20_520)
+    setting = catalog.get_setting("seq-cifar100")
+    parts = planned_parts(dim, setting.sizes)
+    assert (parts.heads, parts.head_params, parts.router_params) == (10, 51_300, 267_786)
+    assert parts.bytes == 4 * (51_300 + 267_786) == 1_276_344 and parts.what == "10 task heads + router"
+    rows = memory_rows(1000, 1000 * 49, catalog.native_shape(setting.dataset),
+                       params=(parts.what, parts.params, parts.bytes))
+    assert rows[2].bytes == 1_276_344 + 49_000 and rows[3].bytes == 3_072_000  # ≈ 1.3 MB against 3.07 MB
+    with pytest.raises(ValueError, match="unknown CLIP architecture"):
+        clip_feature_dim("ViT-Q-99")
+
+
 def test_table_sets_clts_beside_the_others_with_the_memory_each_keeps(workspace, clts_root, runs):
     """`gift table`'s CIL layout has a memory column: caption bytes for clts (and GIFT --replay-captions), the
     exemplars' raw bytes for icarl, nothing for finetune. GIFT replaying caption renders keeps earlier classes better
@@ -211,13 +247,27 @@ def test_table_sets_clts_beside_the_others_with_the_memory_each_keeps(workspace,
     table = tbl.build_table("mini-cil", [runs["finetune"], icarl, gift, runs["clts"]])
     md = tbl.write_table(table, out / "runs")["md"].read_text()
     total = sum(len(r.caption.encode()) for r in caption_set.records)
-    kept = {name: table_row(md, f"`{name}`")[-2] for name in ("finetune", "icarl", "gift-captions", "clts")}
+    cells = {name: table_row(md, f"`{name}`") for name in ("finetune", "icarl", "gift-captions", "clts")}
+    kept = {name: row[-3] for name, row in cells.items()}  # ... | replayed | memory kept | extra parameters | status
     assert kept["finetune"] == "nothing"
     assert kept["icarl"] == "1.3 kB (20 exemplars, 8×8×1 uint8)"  # 20 × 64 B
     assert kept["clts"] == kept["gift-captions"] == f"{human(total)} (40 captions, UTF-8)"
     rows = list(csv.DictReader(io.StringIO((out / "runs" / "table-mini-cil.csv").read_text())))
     assert {row["method"]: row["memory_bytes"] for row in rows} == \
         {"finetune": "0", "icarl": "1280", "gift-captions": str(total), "clts": str(total)}
+    # what each replayed, in the table itself: the caption "renders" here are real digits, and the rows say so
+    assert {name: row[-4] for name, row in cells.items()} == {
+        "finetune": "nothing", "icarl": "exemplars (real images)",
+        "gift-captions": "real images (--real-renders ablation)", "clts": "real images (--real-renders ablation)"}
+    # the learned parameters beyond CLIP: clts's 5 heads and router, from its checkpoint; none for the others
+    saved = load_file(runs["clts"] / load(runs["clts"])[1]["checkpoint"])
+    params = sum(t.numel() for t in saved.values())
+    assert {name: row[-2] for name, row in cells.items()} == {
+        "finetune": "none", "icarl": "none", "gift-captions": "none",
+        "clts": f"{human(4 * params)} ({params:,} parameters: 5 task heads + router)"}
+    assert {row["method"]: (row["extra_params"], row["extra_bytes"]) for row in rows} == {
+        "finetune": ("0", "0"), "icarl": ("0", "0"), "gift-captions": ("0", "0"), "clts": (str(params), str(4 * params))}
+    assert {row["method"]: row["replayed"] for row in rows}["clts"] == "real images (--real-renders ablation)"
     assert [p.name for p in presets.resolve_presets(presets.default_methods("seq-cifar100"))] == \
         ["finetune", "icarl", "gift", "gift-captions", "clts"]
     assert presets.default_methods("cifar100-10") == "cil" and "clts" in METHODS
@@ -239,6 +289,19 @@ def test_cli_bad_input(workspace, clts_root, tmp_path):
                  root / "shards", *common)
     err = " ".join(r.stderr.split())
     assert r.returncode == 2 and "make generate TASK=mini-digits CAPTIONS=" in err
+    # Caption "renders" of the `reference` generator are real images: refused without --real-renders, for clts and
+    # for GIFT's --replay-captions, before any run directory exists (the corrected command then runs).
+    r = run_gift("train", "--order", "mini-cil", "--captions", clts_root[0] / "captions", "--shards",
+                 clts_root[0] / "shards", "--name", "refused", *common)
+    err = " ".join(r.stderr.split())
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
+    assert "--method clts: the images of the caption set" in err and "`reference` generator, real images" in err
+    assert "pass --real-renders" in err
+    with pytest.raises(ShardSetError, match="--replay-captions: .* pass --real-renders"):
+        train(config(workspace, clts_root, method="gift", replay_captions=True, real_renders=False,
+                     runs=str(tmp_path / "runs"), name="refused-gift", batch_size=32, synthetic_batch=32), device=CPU)
+    with pytest.raises(ValueError, match="--real-renders applies to --method clts and --replay-captions"):
+        config(workspace, clts_root, method="finetune", real_renders=True)
     assert not (tmp_path / "runs").exists()  # nothing written before the inputs are found
     # Resuming a run with --captions / --shards giving another caption set or render is refused, naming both.
     run_dir = tmp_path / "resumed"
@@ -260,6 +323,7 @@ def test_the_cli_runs_clts_with_soft_routing_and_tracks_router_and_oracle(worksp
 
     (_, weights), (out, _) = workspace, clts_root
     r = run_gift("train", "--order", "mini-cil", "--method", "clts", "--routing", "soft", "--name", "clts-soft",
+                 "--real-renders",
                  "--runs", out / "runs", "--shards", out / "shards", "--captions", out / "captions", "--clip", "tiny",
                  "--clip-weights", weights, "--device", "cpu", "--workers", "0", "--report-to", "tensorboard")
     assert r.returncode == 0, r.stderr

@@ -3,6 +3,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -121,6 +122,24 @@ def test_feature_ablation_is_a_mean_squared_error_and_aligns_on_the_students_mat
     assert terms["ita"].item() == pytest.approx(0.25 * 2 * (18 + math.log1p(math.exp(-20))), rel=1e-9)
 
 
+@pytest.mark.parametrize("order, smoothing", [("I", 0.2), ("cifar100-10", 0.2), ("tinyimagenet-10", 0.0)])
+def test_ita_is_smoothed_with_the_runs_label_smoothing(order, smoothing):
+    """GIFT's released step smooths ITA with the run's label smoothing (`args.ls`): 0.2 on MTIL and CIFAR100, none on
+    TinyImageNet CIL."""
+    from pipeline.methods.gift import gift_terms
+
+    config = TrainConfig(order=order, method="gift", cd=False)
+    assert config.label_smoothing == smoothing
+    s_img, s_txt = _unit([1.0, 0.0], [0.0, 1.0]), _unit([0.6, 0.8], [0.8, 0.6])
+    terms = gift_terms(config, s_img, s_txt, s_img, s_txt, torch.tensor([0, 1]))
+    # S = [[60,80],[80,60]], Y = I smoothed to (1 − ε/2) on the diagonal, ε/2 off it; row CE = (1 − ε/2)·(20 + l) +
+    # ε/2·l, l = log(1+e^-20): 18 + l at ε = 0.2, 20 + l unsmoothed; both directions alike: ITA = β·2·CE
+    l = math.log1p(math.exp(-20))  # noqa: E741
+    row = (1 - smoothing / 2) * (20 + l) + smoothing / 2 * l
+    assert terms["ita"].item() == pytest.approx(0.25 * 2 * row, rel=1e-9)
+    assert set(terms) == {"ita"}
+
+
 @pytest.mark.parametrize("distill", ["image-only", "text-only"])
 def test_one_tower_ablations_leave_the_other_tower_to_ce_and_awc_gives_it_one_millionth(distill):
     """On the tiny CLIP: the replay backward reaches only the distilled tower; AWC then adds 2λ·1e-6·(θ−θ₀) to
@@ -172,7 +191,8 @@ def test_zscl_weight_ensemble_after_k_snapshots():
         p.copy_(torch.tensor(value))
         ens.add([p])
     assert ens.n == 3 and ens.mean[0].tolist() == pytest.approx([3.0, 2.0])  # ((0,3)+(3,3)+(6,0))/3
-    # the method snapshots after every `ensemble_every` steps: 5 steps, every 2 -> after steps 2 and 4
+    # the method snapshots as the harness does, `iteration % every == 0` on the 0-based step: 5 steps, every 2 ->
+    # after steps 0, 2 and 4 (updates 1, 3, 5), the first update included
     z = ZSCL(TrainConfig(ensemble_every=2))
     q = torch.zeros(1)
     ctx = ctx_for(load_clip(ClipSpec("tiny", "none")))
@@ -181,7 +201,66 @@ def test_zscl_weight_ensemble_after_k_snapshots():
     for step in range(5):
         q.fill_(step + 1.0)  # the weights after step `step`
         z.after_step(ctx, step)
-    assert z.ensemble.n == 3 and z.ensemble.mean[0].item() == pytest.approx((0 + 2 + 4) / 3)
+    assert z.ensemble.n == 4 and z.ensemble.mean[0].item() == pytest.approx((0 + 1 + 3 + 5) / 4)
+
+
+@pytest.mark.parametrize("order, every, steps, members", [
+    # MTIL, every 100 over the 1,000 steps run here: after updates 1, 101, ..., 901 (the reference's range(1001)
+    # adds a last one after update 1001, which is not run here)
+    ("I", 100, 1000, [0, 100, 200, 300, 400, 500, 600, 700, 800, 900]),
+    # CIL, every 10 (the harness's avg_freq): after updates 1, 11, 21 of a 25-step task
+    ("cifar100-10", 10, 25, [0, 10, 20]),
+])
+def test_zscl_ensemble_steps_per_setting(order, every, steps, members):
+    from pipeline.methods.zscl import ensemble_step
+
+    assert TrainConfig(order=order, method="zscl").ensemble_every == every
+    assert [s for s in range(steps) if ensemble_step(s, every)] == members
+
+
+def test_baseline_weights_and_penalties_resolved_per_setting_and_method():
+    """The harness's CIL values (distillation 5 on rows + 5 on columns for lwf, lwf-vr, icarl and zscl; no l2 for
+    zscl) against MTIL's (weight 1, l2 1), and what each method's hooks then add."""
+    for order in ("I", "II", "mini"):
+        for method in ("lwf", "lwf-vr", "icarl", "zscl", "l2", "gift"):
+            c = TrainConfig(order=order, method=method)
+            assert (c.alpha, c.l2_weight) == (1.0, 1.0), (order, method)
+    for order in ("cifar100-10", "tinyimagenet-20", "seq-cifar100", "mini-cil"):
+        for method in ("lwf", "lwf-vr", "icarl", "zscl"):
+            assert TrainConfig(order=order, method=method).alpha == 5.0, (order, method)
+        assert TrainConfig(order=order, method="zscl").l2_weight == 0.0
+        assert TrainConfig(order=order, method="l2").l2_weight == 1.0  # the l2 baseline keeps its penalty
+        assert TrainConfig(order=order, method="gift").alpha == 1.0  # GIFT's α is its own, 1
+    # zscl's hook: an l2 gradient in MTIL, none in CIL (the harness adds l2 only when its weight is > 0)
+    student = load_clip(ClipSpec("tiny", "none", seed=3))
+    for order, penalised in (("I", True), ("cifar100-10", False)):
+        ctx = ctx_for(student, TrainConfig(order=order, method="zscl"))
+        ctx.params = [p for p in student.parameters() if p.requires_grad][:2]
+        ctx.anchors = [p.detach() + 1.0 for p in ctx.params]  # θ − θ(t−1) = −1 everywhere
+        for p in ctx.params:
+            p.grad = torch.zeros_like(p)
+        terms = ZSCL(ctx.config).adjust_gradients(ctx)
+        assert ("l2" in terms) == penalised
+        grads = [p.grad.abs().max().item() for p in ctx.params]
+        assert grads == ([pytest.approx(2.0)] * 2 if penalised else [0.0, 0.0])  # ∂Σ(θ−a)²/∂θ = 2(θ−a)
+        for p in ctx.params:
+            p.grad = None
+
+
+def test_lwf_vr_draws_new_sentences_for_every_task_and_the_same_across_runs():
+    from pipeline.methods.lwf import LwFVR, task_sentences
+
+    config = TrainConfig(order="cifar100-10", method="lwf-vr", random_texts=50, seed=3)
+    student = load_clip(ClipSpec("tiny", "none"))
+    ctx = ctx_for(student, config)
+    per_task = [LwFVR(config).text_tokens(replace(ctx, index=i)) for i in range(3)]
+    again = [LwFVR(config).text_tokens(replace(ctx, index=i)) for i in range(3)]  # a second run
+    for i in range(3):
+        assert torch.equal(per_task[i], again[i]) and per_task[i].shape == (50, 77)
+        for j in range(i):
+            assert (per_task[i][:, 1:11] != per_task[j][:, 1:11]).any(dim=1).all()  # every sentence differs
+    assert torch.equal(per_task[1], task_sentences(50, 3, 1))
+    assert not torch.equal(task_sentences(50, 4, 1), per_task[1])  # another seed, other sentences
 
 
 def test_herding_follows_the_running_mean_not_the_nearest_neighbours():

@@ -59,13 +59,14 @@ def test_delta_against_l2_partial_mark_and_csv(tmp_path):
     out = tbl.write_table(table, runs)
     md = out["md"].read_text(encoding="utf-8")
     # finetune − l2: 36.5 − 46.0 = −9.5; 70.67 − 66.0 = +4.67; 87.67 − 75.0 = +12.67
+    # ... then what the row replayed and the learned parameters it keeps beyond CLIP, then its status
     assert table_row(md, "`finetune`") == ["`finetune`", "Continual Finetune", "36.5", "-9.5", "70.7", "+4.7", "87.7",
-                                           "+12.7", "finished"]
+                                           "+12.7", "nothing", "none", "finished"]
     assert table_row(md, "`l2`")[2:8] == ["46.0", "+0.0", "66.0", "+0.0", "75.0", "+0.0"]
     # gift finished 2 of 3 tasks: transfer_b = 40, transfer_c = (30 + 36) / 2 = 33 -> 36.5; Avg 373 / 6 = 62.17;
     # Last = (85 + 92 + 36) / 3 = 71.0
     assert table_row(md, "`gift`") == ["`gift`", "GIFT", "36.5", "-9.5", "62.2", "-3.8", "71.0", "-4.0",
-                                       "partial (2/3 tasks)"]
+                                       "pool sets (not recorded)", "none", "partial (2/3 tasks)"]
     assert "`gift` 2/3" in md
     assert "Published numbers are not shown" in md and "⚠" not in md  # tiny/mini: nothing comparable
     rows = read_csv(out["csv"])
@@ -341,3 +342,15 @@ def test_gift_table_trains_then_reuses_and_builds_from_run_dirs(tmp_path, monkey
     code, output = gift("table", "--methods", "finetune,nope")
     assert code == 2 and "unknown preset 'nope'" in output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "t"]  # nothing written elsewhere
+
+
+def test_real_renders_reaches_only_the_rows_that_replay_caption_renders(tmp_path):
+    """`gift table --real-renders` (the demo's mini-cil table) is for clts and gift-captions; the other rows have no
+    caption renders to accept, run as without it, and a run made with it is still its preset's row."""
+    base = {"runs": str(tmp_path), "real_renders": True}
+    chosen = presets.resolve_presets("finetune,icarl,gift,gift-captions,clts")
+    made = {p.name: presets.config_for(p, "mini-cil", base).real_renders for p in chosen}
+    assert made == {"finetune": False, "icarl": False, "gift": False, "gift-captions": True, "clts": True}
+    run_dir = fake_run(tmp_path, "clts", [[50.0] * 5], order="mini-cil", name="clts-ordermini-cil",
+                       real_renders=True)
+    assert presets.identify(run_dir, json.loads((run_dir / "config.json").read_text())).name == "clts"

@@ -255,3 +255,21 @@ def test_compiled_training_computes_the_eager_step(workspace):
     for a, b in zip(logged[False], logged[True], strict=True):
         for term in ("ce", "cd", "ita", "awc"):
             assert b[term] == pytest.approx(a[term], rel=1e-3, abs=1e-5), (a["task"], a["step"], term)
+
+
+def test_pool_classes_without_images_are_named_once_and_left_out_of_the_draw(caplog):
+    from pipeline.replay.synthetic import SampleRef, draw_schedule
+
+    # mini-base's "zero" (0) and "two" (2) have no image; two pools both list "two": one warning names both, once
+    images = {("mini-base", c): [SampleRef("mini-base", 0, f"k{c}-{i}") for i in range(3)] for c in (1, 3)}
+    pools = [[("mini-base", 0), ("mini-base", 1), ("mini-base", 2)], [("mini-base", 2), ("mini-base", 3)]]
+    with caplog.at_level("WARNING", logger="gift.synthetic"):
+        schedule = draw_schedule(pools, images, budget=12, seed=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "2 classes" in warnings[0] and "mini-base 0 (zero), mini-base 2 (two)" in warnings[0]
+    assert {r.key[:2] for r in schedule[0]} == {"k1"} and {r.key[:2] for r in schedule[1]} == {"k3"}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gift.synthetic"):
+        draw_schedule([[("mini-base", 1)]], images, budget=4, seed=0)
+    assert not caplog.records  # nothing missing, nothing said

@@ -41,17 +41,22 @@ def image_bytes(shape: tuple[int, int, int]) -> int:
 
 
 def memory_rows(captions: int, caption_bytes: int, shape: tuple[int, int, int],
-                buffers: tuple[int, ...] = BUFFERS) -> list[MemoryRow]:
-    """The captions kept, then as many raw images, then each replay buffer; ratios against the captions' bytes
-    (``inf`` with no caption bytes)."""
+                buffers: tuple[int, ...] = BUFFERS, params: tuple[str, int, int] | None = None) -> list[MemoryRow]:
+    """The captions kept, then (``params`` = (what, count, bytes): the learned parameters kept beyond CLIP, CLTS's
+    heads and router) those parameters and captions + parameters, then as many raw images, then each replay buffer;
+    ratios against the captions' bytes (``inf`` with no caption bytes)."""
     h, w, c = shape
     each = image_bytes(shape)
 
     def ratio(n: int) -> float:
         return n / caption_bytes if caption_bytes else float("inf")
 
-    rows = [MemoryRow("captions kept (UTF-8)", captions, caption_bytes, 1.0 if caption_bytes else float("nan")),
-            MemoryRow(f"as many raw images ({h}×{w}×{c} uint8, {each:,} B each)", captions, captions * each,
+    rows = [MemoryRow("captions kept (UTF-8)", captions, caption_bytes, 1.0 if caption_bytes else float("nan"))]
+    if params is not None:  # the same run keeps these too: a fair comparison with images shows both
+        what, count, size = params
+        rows += [MemoryRow(f"learned parameters beyond CLIP: {what} (items = parameters)", count, size, ratio(size)),
+                 MemoryRow("captions + learned parameters", captions, caption_bytes + size, ratio(caption_bytes + size))]
+    rows += [MemoryRow(f"as many raw images ({h}×{w}×{c} uint8, {each:,} B each)", captions, captions * each,
                       ratio(captions * each))]
     rows += [MemoryRow(f"a {n}-image replay buffer ({h}×{w}×{c} uint8)", n, n * each, ratio(n * each)) for n in buffers]
     return rows

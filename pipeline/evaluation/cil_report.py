@@ -116,13 +116,14 @@ def comparison_lines(summary: CilSummary, method: str, setting: CilSetting, comp
 
 
 def results_markdown(acc: np.ndarray, seen: Sequence[float], setting: CilSetting, *, method: str, comparable: bool,
-                     title: str | None = None, extra: Sequence[str] = ()) -> str:
-    """results.md; ``extra``: a method's own sections (lines), after the step matrix."""
+                     title: str | None = None, extra: Sequence[str] = (), facts: Sequence[str] = ()) -> str:
+    """results.md; ``facts``: lines on what the run replayed and keeps, under its status line; ``extra``: a method's
+    own sections (lines), after the step matrix."""
     summary = summarize_cil(seen, acc)
     k, t = acc.shape
     status = "finished" if k == t else f"in progress: {k} of {t} steps done; Avg and Last use the finished steps"
     lines = [f"# {title or f'Results: {method}, CIL {setting.name}'}", "",
-             f"Method `{method}`, {describe(setting)}, {status}.", "",
+             f"Method `{method}`, {describe(setting)}, {status}.", "", *facts,
              "## Avg / Last (%)", "",
              "Avg = mean over steps of the accuracy on all classes seen so far (one head, no task id); Last = that "
              "accuracy after the last step.", "",
@@ -169,7 +170,8 @@ def curves_figure(acc: np.ndarray, seen: Sequence[float], setting: CilSetting, t
 
 
 def write_cil_report(run_dir: Path, *, setting: CilSetting, acc: np.ndarray, seen: Sequence[float], method: str,
-                     comparable: bool, title: str | None = None, extra: Sequence[str] = ()) -> dict[str, Path]:
+                     comparable: bool, title: str | None = None, extra: Sequence[str] = (),
+                     facts: Sequence[str] = ()) -> dict[str, Path]:
     """Write the CSV / NPY step matrix, ``results.md`` (``extra``: lines of a method's own sections at its end) and
     the two figures of a CIL run; returns their paths.
 
@@ -185,7 +187,8 @@ def write_cil_report(run_dir: Path, *, setting: CilSetting, acc: np.ndarray, see
     fig_title = title or f"{method}, {setting.name}"
     if acc.shape[0] < acc.shape[1]:
         fig_title += f" ({acc.shape[0]} of {acc.shape[1]} steps done)"
-    md = results_markdown(acc, seen, setting, method=method, comparable=comparable, title=title, extra=extra)
+    md = results_markdown(acc, seen, setting, method=method, comparable=comparable, title=title, extra=extra,
+                          facts=facts)
     return {
         "csv": _atomic_write_text(run_dir / "acc_matrix.csv", matrix_csv(acc, seen, setting)),
         "npy": _atomic_write(run_dir / "acc_matrix.npy", lambda fh: np.save(fh, acc, allow_pickle=False)),

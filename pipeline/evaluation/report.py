@@ -190,13 +190,16 @@ def results_markdown(
     comparable: bool,
     title: str | None = None,
     zero_shot: Sequence[float] | None = None,
+    facts: Sequence[str] = (),
 ) -> str:
-    """The text of ``results.md`` for a ``(k, T)`` matrix."""
+    """The text of ``results.md`` for a ``(k, T)`` matrix; ``facts``: lines on what the run replayed and keeps, under
+    its status line."""
     summary = summarize(acc, names)
     k, t = acc.shape
     order_txt = _order_text(order)
     status = "finished" if k == t else f"in progress: {k} of {t} tasks done; metrics use the finished rows only"
-    lines = [f"# {title or f'Results: {method}, {order_txt}'}", "", f"Method `{method}`, {order_txt}, {status}.", ""]
+    lines = [f"# {title or f'Results: {method}, {order_txt}'}", "", f"Method `{method}`, {order_txt}, {status}.", "",
+             *facts]
     lines += ["## Transfer / Avg. / Last (%)", "", *summary_table(summary, names, zero_shot), ""]
     lines += ["## Accuracy matrix (%)", "", "Rows: after training task i; columns: test datasets.", ""]
     lines += [*matrix_table(acc, names), ""]
@@ -286,6 +289,7 @@ def write_report(
     comparable: bool,
     title: str | None = None,
     zero_shot: Sequence[float] | None = None,
+    facts: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write the run's CSV / NPY matrix, ``results.md`` and the two figures into ``run_dir``.
 
@@ -301,7 +305,7 @@ def write_report(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     md = results_markdown(
-        arr, names, method=method, order=order, comparable=comparable, title=title, zero_shot=zero_shot
+        arr, names, method=method, order=order, comparable=comparable, title=title, zero_shot=zero_shot, facts=facts
     )
     fig_title = title or f"{method}, {_order_text(order)}"
     if arr.shape[0] < arr.shape[1]:

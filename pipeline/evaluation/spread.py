@@ -57,20 +57,29 @@ def fmt(value: MeanStd, seeds: int) -> str:
     return f"{value[0]:.1f} ± {value[1]:.1f}" if seeds > 1 else f"{value[0]:.1f}"
 
 
-def spread_table(rows: dict[str, Spread], first: str) -> list[str]:
-    """A markdown table, one row per method: ``first`` after each task, then Transfer / Avg. / Last."""
+def spread_table(rows: dict[str, Spread], first: str, replayed: dict[str, str] | None = None) -> list[str]:
+    """A markdown table, one row per method: ``first`` after each task, then Transfer / Avg. / Last, and (given
+    ``replayed[method]``) what the method replayed: renders or real images, said in the table itself."""
     lines = [f"| method | {first} after task {' / '.join(str(i + 1) for i in range(len(next(iter(rows.values())).first_dataset)))} "
-             "| Transfer | Avg. | Last |", "|---|---|---:|---:|---:|"]
+             "| Transfer | Avg. | Last |" + (" replayed |" if replayed else ""),
+             "|---|---|---:|---:|---:|" + ("---|" if replayed else "")]
     for method, s in rows.items():
         after = " / ".join(fmt(v, s.seeds) for v in s.first_dataset)
-        lines.append(f"| {method} | {after} | {fmt(s.transfer, s.seeds)} | {fmt(s.avg, s.seeds)} | {fmt(s.last, s.seeds)} |")
+        lines.append(f"| {method} | {after} | {fmt(s.transfer, s.seeds)} | {fmt(s.avg, s.seeds)} | {fmt(s.last, s.seeds)} |"
+                     + (f" {replayed[method]} |" if replayed else ""))
     return lines
 
 
-def cil_spread_table(rows: dict[str, tuple[MeanStd, MeanStd]], seeds: int, kept: dict[str, str]) -> list[str]:
-    """A markdown table of class-incremental runs, one row per method: Avg. and Last, each as mean ± std, and what
-    the method keeps between steps (``kept[method]``)."""
-    lines = ["| method | Avg. | Last | memory kept |", "|---|---:|---:|---|"]
-    lines += [f"| {method} | {fmt(avg, seeds)} | {fmt(last, seeds)} | {kept[method]} |"
-              for method, (avg, last) in rows.items()]
+def cil_spread_table(rows: dict[str, tuple[MeanStd, MeanStd]], seeds: int, kept: dict[str, str],
+                     replayed: dict[str, str] | None = None, extra: dict[str, str] | None = None) -> list[str]:
+    """A markdown table of class-incremental runs, one row per method: Avg. and Last, each as mean ± std, what the
+    method replayed (given ``replayed[method]``), what it keeps between steps (``kept[method]``) and the learned
+    parameters it keeps beyond CLIP (given ``extra[method]``)."""
+    head = ["method", "Avg.", "Last", *(["replayed"] if replayed else []), "memory kept",
+            *(["extra parameters"] if extra else [])]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|" + "---|" * (len(head) - 3)]
+    for method, (avg, last) in rows.items():
+        cells = [method, fmt(avg, seeds), fmt(last, seeds), *([replayed[method]] if replayed else []), kept[method],
+                 *([extra[method]] if extra else [])]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines

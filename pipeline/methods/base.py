@@ -126,6 +126,8 @@ class Method:
     uses_synthetic: ClassVar[bool] = False
     uses_anchor: ClassVar[bool] = False  # needs θ(t−1) copied at the task's start
     loop: ClassVar[str] = "finetune"  # the fine-tuning loop of pipeline/training/train.py (else LOOPS[loop])
+    # what it replays, for reports and tables; a method replaying pool sets says so from the run's replay.json instead
+    replays: ClassVar[str] = "nothing"
 
     def __init__(self, config) -> None:
         self.config = config

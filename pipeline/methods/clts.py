@@ -12,14 +12,16 @@ import os
 from pathlib import Path
 
 from pipeline.clts.heads import ROUTINGS
+from pipeline.clts.params import saved_parts
 from pipeline.datasets import catalog
 from pipeline.replay.captioned import caption_memory
 
-from .base import Kept, Method
+from .base import Extra, Kept, Method
 
 
 class Clts(Method):
     name = "clts"
+    replays = "caption renders (not recorded)"  # runs record theirs in replay.json
     loop = "task-heads"
 
     @classmethod
@@ -42,6 +44,14 @@ class Clts(Method):
     def kept(cls, run_dir: Path, cfg: dict, state: dict) -> Kept:
         """The captions of every class seen by the last finished step."""
         return caption_kept(run_dir, cfg, state)
+
+    @classmethod
+    def extra(cls, run_dir: Path, cfg: dict, state: dict) -> Extra:
+        """The task heads and the router of the last checkpoint, counted from its tensors."""
+        if not state.get("checkpoint"):
+            return Extra(0, 0, "none yet")
+        parts = saved_parts(Path(run_dir) / state["checkpoint"])
+        return Extra(parts.params, parts.bytes, parts.what)
 
 
 def caption_kept(run_dir: Path, cfg: dict, state: dict) -> Kept:

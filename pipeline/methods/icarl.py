@@ -1,7 +1,7 @@
 """iCaRL as the MTIL baseline: a memory of real exemplars (``memory_size`` = 10,000 over all classes seen so
 far, chosen by herding on the model's image features after each task), replayed with distillation against
 the previous model: logits = 100·image features × teacher text features of every seen class, rows and
-columns, T = 2.
+columns, T = 2, weighted ``alpha`` (1 in MTIL; 5 in CIL, the harness's `5 * loss + 5 * loss_2`).
 
 The memory holds file references, (task, sample index) pairs, never decoded images: exemplars are loaded by
 the data loader like any other image, and the memory after task t is saved beside the checkpoints
@@ -64,6 +64,7 @@ def memory_file(run_dir: Path, tasks_done: int) -> Path:
 
 class ICaRL(Method):
     name = "icarl"
+    replays = "exemplars (real images)"
 
     def __init__(self, config) -> None:
         super().__init__(config)

@@ -3,7 +3,8 @@ replayed images are the current task's own training images (evaluation transform
 prompts, encoded once by the teacher. Logits = 100·image features × teacher text features, for the student
 (its image features) and the teacher (its own); distillation on rows and columns, T = 2.
 
-``lwf-vr`` replaces the texts by random 10-token "sentences" (fixed by the seed) of ids drawn over the whole
+``lwf-vr`` replaces the texts by random 10-token "sentences", new ones for every task as the reference draws them, each
+task's fixed by the run's seed and the task's index (``task_sentences``), of ids drawn over the whole
 vocabulary, 0..49407, as the reference's ``virtual_vocab`` draws them (so a sentence may hold the start or end
 id itself; CLIP reads its feature where open_clip does, at the first largest id).
 """
@@ -41,8 +42,16 @@ def random_sentences(n: int, length: int, seed: int) -> torch.Tensor:
     return tokens
 
 
+def task_sentences(n: int, seed: int, index: int) -> torch.Tensor:
+    """LwF-VR's ``n`` random sentences of task ``index`` (0-based) of a run of seed ``seed``: a fresh draw per task
+    (the harness draws new ones at every task), seeded as the task's own generator is (``seed·1000 + index``), so two
+    runs of one seed replay the same sentences."""
+    return random_sentences(n, 10, seed * 1000 + index)
+
+
 class LwF(Method):
     name = "lwf"
+    replays = "the current task's images (real)"
 
     def begin_task(self, ctx: TaskContext) -> None:
         self.teacher = frozen_copy(ctx.student)
@@ -70,5 +79,5 @@ class LwFVR(LwF):
     name = "lwf-vr"
 
     def text_tokens(self, ctx: TaskContext) -> torch.Tensor:
-        return random_sentences(self.config.random_texts, 10, self.config.seed)
+        return task_sentences(self.config.random_texts, self.config.seed, ctx.index)
 

@@ -1,9 +1,11 @@
 """ZSCL as the reference code runs it: the teacher is the initial CLIP; every step distils a batch of real
 reference images (an ImageFolder; ImageNet train in the paper) against **all** reference captions (a text file,
 one per line; ≈13-16k Conceptual Captions lines in the paper), with the teacher's text features on both sides:
-logits B × N, rows and columns, T = 2; plus the l2 penalty towards θ(t−1); and a weight ensemble:
-ens ← (ens·n + θ)/(n+1) over the weights at the task's start and after every ``ensemble_every`` steps. The
-ensemble is the model kept at the task's end.
+logits B × N, rows and columns, T = 2; plus the l2 penalty towards θ(t−1) (weight ``l2_weight``: 1 in MTIL, 0 in CIL,
+where the harness's configs set `l2: 0` or leave it out); and a weight ensemble: ens ← (ens·n + θ)/(n+1) over the
+weights at the task's start and after every update whose 0-based step is a multiple of ``ensemble_every``, the first
+update included (the reference's `iteration % avg_freq == 0` in both benchmarks: after updates 1, 1 + every, ...).
+The ensemble is the model kept at the task's end.
 
 The reference re-encodes all N captions at every step; they are the same every step of every task (the teacher
 never changes), so here they are encoded once per run and kept on the device and in the run directory.
@@ -82,6 +84,13 @@ class Ensemble:
         torch._foreach_copy_(params, self.mean)
 
 
+def ensemble_step(step: int, every: int) -> bool:
+    """Whether the weights after update ``step`` (0-based) join the ensemble: the reference's `iteration % every ==
+    0`, its iteration being the 0-based step, so the first update is a member (MTIL, every 100: after updates 1, 101,
+    ..., 901 of the 1,000 run here; CIL, every 10: 1, 11, 21, ...)."""
+    return step % every == 0
+
+
 CACHE_FORMAT = "gift-zscl-captions/1"
 
 
@@ -126,6 +135,7 @@ def caption_features(teacher: torch.nn.Module, teacher_state: dict[str, torch.Te
 
 class ZSCL(Method):
     name = "zscl"
+    replays = "reference images (real)"
     uses_anchor = True
 
     @classmethod
@@ -156,10 +166,12 @@ class ZSCL(Method):
                                                                      self.config.temperature)}
 
     def adjust_gradients(self, ctx: TaskContext) -> dict[str, torch.Tensor]:
+        if not self.config.l2_weight:  # the reference adds l2 only when its weight is > 0 (CIL: never)
+            return {}
         return {"l2": add_l2_gradient(ctx.params, ctx.anchors, self.config.l2_weight)}
 
     def after_step(self, ctx: TaskContext, step: int) -> None:
-        if (step + 1) % self.config.ensemble_every == 0:
+        if ensemble_step(step, self.config.ensemble_every):
             self.ensemble.add(ctx.params)
 
     def end_task(self, ctx: TaskContext) -> None:

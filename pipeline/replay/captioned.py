@@ -110,13 +110,29 @@ def find_renders(shards: str | Path, captions: CaptionSet, family: str | None = 
     return CaptionRenders(captions, path, spec_family(load_manifest(path)["spec"]))
 
 
+def check_rendered(renders: CaptionRenders, real_renders: bool, who: str) -> None:
+    """Refuse "renders" of the `reference` generator (real images of the class standing in for rendering) as the
+    memory of captions unless ``real_renders`` (``--real-renders``, the ablation, recorded in config.json): a run
+    replaying real images must say so."""
+    if real_renders or load_manifest(renders.renders)["spec"].get("generator") != "reference":
+        return
+    task, captions = renders.captions.task, renders.captions.path
+    raise ShardSetError(f"{who}: the images of the caption set {captions} ({renders.renders}) come from the `reference` "
+                        f"generator, real images, not renders of the captions; render them (gift generate {task} "
+                        f"--captions {captions} --model sd15), or pass --real-renders to run the real-image ablation")
+
+
 def caption_pool_sets(shards: str | Path, captions_root: str | Path, pool: Sequence[str], family: str | None = None,
-                      generator: str | None = None) -> tuple[dict[str, Path], dict[str, CaptionRenders]]:
+                      generator: str | None = None,
+                      real_renders: bool = False) -> tuple[dict[str, Path], dict[str, CaptionRenders]]:
     """GIFT's ``--replay-captions`` pool: ``pool[0]`` (the base set: ImageNet names, which have no training images to
-    caption) from class prompts, every other pool set rendered from its task's caption set, all of one spec family.
+    caption) from class prompts, every other pool set rendered from its task's caption set, all of one spec family;
+    caption "renders" of real images only with ``real_renders`` (``check_rendered``).
 
     Returns (task -> set path for ``synthetic.class_images``, task -> the caption renders used)."""
     renders = {task: find_renders(shards, find_caption_set(captions_root, task), family, generator) for task in pool[1:]}
+    for r in renders.values():
+        check_rendered(r, real_renders, "--replay-captions")
     families = {r.family for r in renders.values()}
     if len(families) > 1:
         listing = "; ".join(f"{t}: {r.family} ({r.renders})" for t, r in renders.items())

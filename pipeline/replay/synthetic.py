@@ -9,8 +9,9 @@ replays exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,31 @@ def find_pool_sets(root: Path, tasks: Sequence[str], family: str | None = None,
                         f"the other pool sets); render them first: {hint}")
 
 
+# What a pool set's images are, by its generator: the words every report and table row uses for what was replayed.
+REPLAYED = {"sd15": "SD renders", "tiny": "tiny-SD renders", "reference": "real images"}
+REPLAY_RECORD = "replay.json"
+
+
+def write_replay_record(run_dir: Path, sets: Mapping[str, Path]) -> None:
+    """``replay.json`` in the run directory: the set each pool task's images come from and its generator, from which
+    the report and ``gift table`` say what the run replayed (``replayed``)."""
+    from shards.layout import atomic_write_bytes
+
+    record = {"sets": {task: {"path": str(path), "generator": load_manifest(path)["spec"].get("generator")}
+                       for task, path in sets.items()}}
+    atomic_write_bytes(Path(run_dir) / REPLAY_RECORD, (json.dumps(record, indent=1) + "\n").encode())
+
+
+def replayed(run_dir: Path) -> str | None:
+    """What the run's pool sets hold, from its ``replay.json``: "SD renders", "tiny-SD renders", "real images" (the
+    `reference` generator), several joined by " + "; None when the run recorded none."""
+    path = Path(run_dir) / REPLAY_RECORD
+    if not path.exists():
+        return None
+    generators = [s["generator"] for s in json.loads(path.read_text())["sets"].values()]
+    return " + ".join(dict.fromkeys(REPLAYED.get(g, f"{g} images") for g in generators)) or None
+
+
 def verify_pool(sets: dict[str, Path]) -> None:
     """Checksums of every pool set (once per run): a corrupt or incomplete set stops training before it starts."""
     for task, path in sets.items():
@@ -115,14 +141,30 @@ def class_images(sets: dict[str, Path]) -> dict[tuple[str, int], list[SampleRef]
     return out
 
 
+def class_label(task: str, index: int) -> str:
+    """'cil-cifar100 3 (apple)': a pool class by set, index and name (the index alone for a set the catalog lacks)."""
+    from pipeline.datasets import catalog
+
+    try:
+        return f"{task} {index} ({catalog.get_task(task).classnames[index]})"
+    except (KeyError, ValueError, IndexError):
+        return f"{task} {index}"
+
+
 def draw_schedule(pools: Sequence[Sequence[tuple[str, int]]], images: dict[tuple[str, int], list[SampleRef]],
                   budget: int, seed: int) -> list[list[SampleRef]]:
     """The synthetic draw of every step, from its pool of (set, class) pairs (``Protocol.pools``: MTIL task t's is
     the base set + tasks 1..t-1; CIL step t's the base names + the classes of steps 1..t-1).
 
     Classes uniformly with replacement over the pool; per class, a seeded shuffle of its images consumed in
-    turn across the whole run (unused images first), reshuffled when exhausted.
+    turn across the whole run (unused images first), reshuffled when exhausted. A pool class with no image (every
+    render of it flagged, or a set rendered for fewer classes) cannot be drawn: it leaves the pool, and one warning
+    names every such class of the run.
     """
+    empty = list(dict.fromkeys(cls for pool in pools for cls in pool if not images.get(cls)))
+    if empty:
+        log.warning("the pool sets have no image of %d class%s, which the replay therefore leaves out: %s", len(empty),
+                    "" if len(empty) == 1 else "es", ", ".join(class_label(*cls) for cls in empty))
     rng = np.random.default_rng(seed)
     queues: dict[tuple[str, int], list[SampleRef]] = {}
     schedule = []

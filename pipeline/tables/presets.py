@@ -275,7 +275,11 @@ def config_for(preset: Preset, order: str, base: Mapping[str, object]) -> TrainC
     if unknown:
         raise ValueError(f"not TrainConfig fields: {', '.join(unknown)}")
     overrides = {k: v.resolve(base) if isinstance(v, ShardFamily) else v for k, v in preset.overrides.items()}
-    return TrainConfig(**{**base, **overrides, "order": order, "method": preset.method, "name": preset.run_name(order, int(base.get("seed") or 0))})
+    fields = {**base, **overrides}
+    if not (preset.method == "clts" or fields.get("replay_captions")):  # `gift table --real-renders` is for the rows
+        fields.pop("real_renders", None)  # that replay caption renders; the others have none to accept
+    return TrainConfig(**{**fields, "order": order, "method": preset.method,
+                          "name": preset.run_name(order, int(base.get("seed") or 0))})
 
 
 # --------------------------------------------------------------------------- which preset a run directory holds
@@ -287,7 +291,8 @@ _NOT_IDENTITY = {"order", "method", "name", "runs", "data_root", "shards", "shar
                  "reference_images", "reference_texts", "workers", "seed",
                  "precision", "compile", "clip_arch", "clip_weights", "iterations", "epochs", "batch_size",
                  "synthetic_batch", "synthetic_budget", "lr", "warmup", "weight_decay", "label_smoothing", "class_order",
-                 "captions"}
+                 "captions",
+                 "real_renders"}  # where the caption renders came from, as captions and shards; every row says it
 _PAPER_SCALE = {"batch_size", "synthetic_batch", "synthetic_budget", "lr", "warmup", "weight_decay", "label_smoothing"}
 
 

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.clts.memory import human
 from pipeline.datasets import catalog
 from pipeline.evaluation import report
 from pipeline.evaluation.cil_report import CLIP_ROWS, describe, published_cil
 from pipeline.evaluation.metrics import CilSummary, Summary, summarize, summarize_cil
 from pipeline.evaluation.spread import mean_std
-from pipeline.methods import METHODS, Kept
+from pipeline.methods import METHODS, Extra, Kept
+from pipeline.methods.facts import extra_text, kept_text, replayed_text
 from pipeline.training.config import TrainConfig
 from pipeline.training.rundir import RunDirError, prepare_run_dir
 from pipeline.training.train import Progress, train
@@ -64,6 +64,8 @@ class Row:
     source: str = ""
     error: str | None = None
     kept: Kept | None = None  # the memory of task data the run keeps (its method's ``kept``)
+    extra: Extra | None = None  # the learned parameters it keeps beyond CLIP (its method's ``extra``)
+    replayed: str = report.DASH  # what it replayed (SD renders, tiny-SD renders, real images, ...)
     # A row over several seeds (``gift table --seed 0,1,2``): (Transfer, Avg., Last) of each seed's finished run;
     # the row's values are their mean, ``std`` their sample standard deviation.
     seeds: tuple[int, ...] = ()
@@ -200,6 +202,8 @@ def build_table(order: str, run_dirs: Sequence[Path], *, errors: Mapping[Path, s
             row.summary = summarize_cil(state["seen"], acc) if catalog.is_cil(order) else summarize(acc, datasets)
         if cfg["method"] in METHODS:
             row.kept = METHODS[cfg["method"]].kept(run_dir, cfg, state)
+            row.extra = METHODS[cfg["method"]].extra(run_dir, cfg, state)
+        row.replayed = replayed_text(run_dir, cfg)
         rows.append(row)
     return Table(order, datasets, rows)
 
@@ -233,15 +237,6 @@ def _signed(v: float | None) -> str:
     return report.DASH if v is None or math.isnan(v) else f"{v:+.1f}"
 
 
-def kept_text(kept: Kept | None) -> str:
-    """'15.4 MB (5,000 exemplars, 32×32×3 uint8)', '4.9 kB (100 captions, UTF-8)', 'nothing'."""
-    if kept is None:
-        return report.DASH
-    if kept.bytes is None:
-        return kept.what
-    return kept.what if kept.bytes == 0 else f"{human(kept.bytes)} ({kept.what})"
-
-
 def table_markdown(table: Table) -> str:
     """``table-<order>.md``: the comparison in the paper's layout, then notes on partial / failed rows."""
     show_paper = any(r.published is not None for r in table.rows)
@@ -249,9 +244,10 @@ def table_markdown(table: Table) -> str:
     header = ["Method", "paper row"]
     for m in table.metrics:
         header += [report.METRICS[m], *(["paper"] if show_paper else []), *(["Δ l2"] if delta_column else [])]
+    header.append("replayed")  # renders, or real images: a table says which, row by row
     if table.cil:  # CIL: what of the tasks' data each method keeps (exemplars, captions, nothing)
         header.append("memory kept")
-    header.append("status")
+    header += ["extra parameters", "status"]
     lines_rows = []
     for row in table.rows:
         values = row.values or (None, None, None)
@@ -265,9 +261,10 @@ def table_markdown(table: Table) -> str:
                 cells.append(_csv_num(published[m], 2) or report.DASH if table.cil else _num(published[m]))
             if delta_column:
                 cells.append(_signed(delta[m]))
+        cells.append(row.replayed)
         if table.cil:
             cells.append(kept_text(row.kept))
-        cells.append(row.status_text)
+        cells += [extra_text(row.extra), row.status_text]
         lines_rows.append(cells)
     if table.cil:
         what = f"CIL {table.order} ({describe(catalog.get_setting(table.order))})"
@@ -334,8 +331,8 @@ def published_only_lines(order: str) -> list[str]:
 
 CSV_HEADER = ["method", "preset", "paper_row", "run_dir", "status", "finished", "tasks", "transfer", "avg", "last",
               "delta_transfer", "delta_avg", "delta_last", "published_transfer", "published_avg", "published_last",
-              "differs_transfer", "differs_avg", "differs_last", "source", "error", "memory_bytes", "memory",
-              "seeds", "std_transfer", "std_avg", "std_last"]
+              "differs_transfer", "differs_avg", "differs_last", "source", "error", "memory_bytes", "memory", "replayed",
+              "extra_params", "extra_bytes", "extra", "seeds", "std_transfer", "std_avg", "std_last"]
 
 
 def table_csv(table: Table) -> str:
@@ -356,7 +353,8 @@ def table_csv(table: Table) -> str:
                          *((str(d).lower() if has_pub else "") for d in row.differs()),
                          row.source, row.error or "",
                          "" if row.kept is None or row.kept.bytes is None else row.kept.bytes,
-                         "" if row.kept is None else row.kept.what,
+                         "" if row.kept is None else row.kept.what, row.replayed,
+                         *(("", "", "") if row.extra is None else (row.extra.count, row.extra.bytes, row.extra.what)),
                          " ".join(map(str, row.seeds)), *(_csv_num(v, 2) for v in (row.std or (None,) * 3))])
     return buf.getvalue()
 
@@ -486,5 +484,6 @@ def merge_seeds(tables: Sequence[Table], seeds: Sequence[int]) -> Table:
         rows.append(Row(first.name, first.label, first.run_dir, first.method, first.tasks,
                         finished=min(r.finished for r in per_seed), preset=first.preset,
                         published=first.published, source=first.source, error="; ".join(errors) or None,
-                        kept=first.kept, seeds=tuple(seeds), seed_values=[r.values for r in finished]))
+                        kept=first.kept, extra=first.extra, replayed=first.replayed, seeds=tuple(seeds),
+                        seed_values=[r.values for r in finished]))
     return Table(tables[0].order, tables[0].datasets, rows, tuple(seeds))

@@ -14,15 +14,18 @@ import csv
 import io
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.clts.memory import memory_csv, memory_markdown, memory_rows
+from pipeline.clts.params import saved_parts
 from pipeline.datasets import catalog
 from pipeline.evaluation.cil_report import write_cil_report
 from pipeline.evaluation.metrics import summarize_cil
 from pipeline.evaluation.report import _atomic_write_text
+from pipeline.methods.facts import fact_lines
 from pipeline.replay.captioned import caption_memory
 
 from .protocol import CilProtocol
@@ -78,11 +81,14 @@ class CltsProtocol(CilProtocol):
                   "step's head (task-aware, an upper bound for the routing).", ""]
         record = json.loads((run_dir / "captions.json").read_text()) if (run_dir / "captions.json").exists() else {}
         used = record.get("sets", {}).get(self.setting.caption_task, {})
-        rows = memory_rows(*kept[-1], catalog.native_shape(self.setting.dataset))
+        parts = saved_parts(run_dir / state["checkpoint"]) if state.get("checkpoint") else None
+        rows = memory_rows(*kept[-1], catalog.native_shape(self.setting.dataset),
+                           params=(parts.what, parts.params, parts.bytes) if parts else None)
         lines += [f"### Memory after {names[k - 1]}", "",
                   f"What CLTS keeps of the tasks' data is their captions ({kept[-1][0]:,} captions of the "
                   f"{len(self.setting.seen(k - 1))} classes seen); the images it trains its router on are rendered "
-                  "from them, and no real image is kept.", "",
+                  "from them, and no real image is kept. Beside them it keeps its task heads and router, parameters "
+                  "beyond the frozen CLIP, counted from the checkpoint.", "",
                   *memory_markdown(rows, used.get("captioner"), used.get("generator")), ""]
         return lines, table.getvalue(), memory_csv(rows)
 
@@ -90,7 +96,7 @@ class CltsProtocol(CilProtocol):
         run_dir = Path(run_dir)
         lines, steps_csv, mem_csv = self.clts_lines(run_dir, state)
         write_cil_report(run_dir, setting=self.setting, acc=_matrix(state), seen=state["seen"], method=self.config.method,
-                         comparable=True, extra=lines)  # no published CLTS numbers: the report says so
+                         comparable=True, extra=lines, facts=fact_lines(run_dir, asdict(self.config), state))  # no published CLTS numbers: the report says so
         _atomic_write_text(run_dir / "clts.csv", steps_csv)
         _atomic_write_text(run_dir / "memory.csv", mem_csv)
 

@@ -33,7 +33,14 @@ from pipeline.datasets import catalog
 from pipeline.datasets.splits import dataset_split
 from pipeline.evaluation.cil import StepResult, step_counts, step_result
 from pipeline.models import ClipSpec, image_size, load_clip
-from pipeline.replay.captioned import CaptionRenders, find_caption_set, find_renders, write_captions_record
+from pipeline.replay.captioned import (
+    CaptionRenders,
+    check_rendered,
+    find_caption_set,
+    find_renders,
+    write_captions_record,
+)
+from pipeline.replay.synthetic import write_replay_record
 
 from .clts_report import CltsProtocol
 from .config import TrainConfig, loader_workers
@@ -138,6 +145,7 @@ def run_clts(config: TrainConfig, progress, device: torch.device, tracker) -> Pa
     # Everything that can fail on bad input, before the run directory exists.
     renders = find_renders(config.shards, find_caption_set(config.captions, setting.caption_task), config.shard_family,
                            config.replay_generator)
+    check_rendered(renders, config.real_renders, "--method clts")
     _check_captions(renders, setting)
     train_split = dataset_split(setting, "train", config.data_root)
     clip = load_clip(ClipSpec(config.clip_arch, config.clip_weights, config.seed), device).eval().requires_grad_(False)
@@ -146,6 +154,7 @@ def run_clts(config: TrainConfig, progress, device: torch.device, tracker) -> Pa
     run_dir, state = prepare_run_dir(config)
     with run_log(run_dir):
         write_captions_record(run_dir, {setting.caption_task: renders})
+        write_replay_record(run_dir, {setting.caption_task: renders.renders})
         data = _features(config, clip, size, train_split, test, renders, setting, device, progress)
         del clip
         empty = [setting.step_names[j] for j in range(len(setting.steps)) if not (_step_of(setting)[data["renders"].y] == j).any()]

@@ -19,19 +19,23 @@ LR_BY_TASK = {"aircraft": 5e-5, "mnist": 5e-5}  # docs/protocol.md, "MTIL"; ever
 DEFAULT_LR, MINI_LR = 1e-5, 1e-3
 # Per-setting defaults (docs/protocol.md). MTIL: 1,000 steps per task, 100 warm-up, smoothing 0.2, wd 0, lr per dataset.
 MTIL_DEFAULTS: dict[str, object] = {"batch_size": 64, "iterations": 1000, "warmup": 100, "label_smoothing": 0.2,
-                                    "weight_decay": 0.0, "alpha": 1.0, "ensemble_every": 100, "memory_size": 10000}
+                                    "weight_decay": 0.0, "alpha": 1.0, "l2_weight": 1.0, "ensemble_every": 100,
+                                    "memory_size": 10000}
 # CIL (the harness): one epoch over each step's images, lr 7.1e-6, 30 warm-up iterations; smoothing / wd per dataset;
 # the baselines' distillation weight 5 (rows and columns), ZSCL's ensemble every 10 iterations, 5,000 exemplars.
 CIL_DEFAULTS: dict[str, object] = {"batch_size": 64, "epochs": 1.0, "lr": 7.1e-6, "warmup": 30,
-                                   "label_smoothing": 0.2, "weight_decay": 0.0, "alpha": 1.0, "ensemble_every": 10,
+                                   "label_smoothing": 0.2, "weight_decay": 0.0, "alpha": 1.0, "l2_weight": 1.0,
+                                   "ensemble_every": 10,
                                    "memory_size": 5000}
 CIL_DATASET_DEFAULTS: dict[str, dict[str, object]] = {
     "tinyimagenet": {"label_smoothing": 0.0, "weight_decay": 0.1},
     # mini-cil: scikit-learn's ~140 images per step; the tiny CLIP needs a larger lr and more passes
     "mini-digits": {"lr": MINI_LR, "epochs": 10.0, "warmup": 5},
 }
+# The harness (ZSCL's cil/continual_clip/models.py) adds every baseline's distillation as `5 * loss + 5 * loss_2`
+# (rows, columns), iCaRL's included; its CIL configs set ZSCL's `l2: 0` or leave it out (l2 is added only when > 0).
 CIL_METHOD_DEFAULTS: dict[str, dict[str, object]] = {"lwf": {"alpha": 5.0}, "lwf-vr": {"alpha": 5.0},
-                                                     "zscl": {"alpha": 5.0},
+                                                     "icarl": {"alpha": 5.0}, "zscl": {"alpha": 5.0, "l2_weight": 0.0},
                                                      # CLTS's task heads (linear, on frozen features; ours, docs/clts.md,
                                                      # "Defaults the paper leaves open"): AdamW 1e-3 for 10 epochs, constant, no smoothing or decay
                                                      "clts": {"lr": 1e-3, "epochs": 10.0, "warmup": 0,
@@ -83,7 +87,7 @@ class TrainConfig:
     cd: bool = True
     ita: bool = True
     awc: bool = True
-    alpha: float | None = None  # CD weight α (1); the distillation weight of lwf / lwf-vr / zscl (1 MTIL, 5 CIL)
+    alpha: float | None = None  # CD weight α (1); the distillation weight of lwf / lwf-vr / zscl / icarl (1 MTIL, 5 CIL)
     beta: float = 0.25
     lam: float = 1.0
     temperature: float = 2.0
@@ -91,7 +95,7 @@ class TrainConfig:
     distill: str = "contrastive"
     ita_target: str = "code"
     fisher_norm: bool = True
-    l2_weight: float = 1.0
+    l2_weight: float | None = None  # l2 / zscl / gift --l2-without-awc: Σ(θ−θ(t−1))² weight (1; zscl in CIL: 0)
     l2_without_awc: bool = False  # GIFT with --no-awc: the l2 penalty in AWC's place (the code's ablation rows)
     replay_generator: str | None = None  # use the pool sets of this generator (sd15 | tiny | reference: real images)
     # baselines (docs/protocol.md, "Baselines")
@@ -105,6 +109,8 @@ class TrainConfig:
     # caption sets (CLTS; GIFT with replay_captions): their root (`gift caption --out`) or one caption set
     captions: str = "captions-out"
     replay_captions: bool = False  # gift: the earlier tasks' pool sets are the renders of their caption sets
+    # clts / replay_captions: accept caption "renders" of the `reference` generator (real images), an ablation
+    real_renders: bool = False
     # clts: the task heads use lr / epochs / batch_size (the setting's clts defaults); the router its own
     routing: str = "hard"  # hard: head of argmax p(t|x); soft: argmax over classes of p(t|x)·p(c|x,t)
     router_epochs: float = 20.0  # passes over the task-balanced renders, re-trained from scratch after every task
@@ -131,6 +137,9 @@ class TrainConfig:
         for key, value in setting_defaults(self.order, self.method).items():
             if key not in given and not (key in ("iterations", "epochs") and given & {"iterations", "epochs"}):
                 object.__setattr__(self, key, value)  # frozen: filled once, here
+        if self.real_renders and not (self.method == "clts" or self.replay_captions):
+            raise ValueError("--real-renders applies to --method clts and --replay-captions (caption renders); GIFT's "
+                             "class-name replay of real images is --replay-generator reference")
         if self.class_order is not None and not catalog.is_cil(self.order):
             raise ValueError(f"--class-order applies to CIL settings, not to order {self.order!r}")
         check_values(self)

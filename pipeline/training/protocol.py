@@ -33,6 +33,7 @@ from pipeline.evaluation.cil_report import step_heatmap_figure, write_cil_report
 from pipeline.evaluation.evaluate import TestSet, evaluate_order
 from pipeline.evaluation.metrics import summarize, summarize_cil
 from pipeline.evaluation.report import curves_figure, heatmap_figure, write_report
+from pipeline.methods.facts import fact_lines
 from pipeline.models import eval_resize
 from shards.layout import spec_hash
 
@@ -131,7 +132,8 @@ class MtilProtocol(Protocol):
 
     def write_report(self, run_dir: Path, state: dict) -> None:
         write_report(run_dir, names=self.steps, acc=np.array(state["acc"]), method=self.config.method,
-                     order=self.config.order, comparable=comparable(asdict(self.config)))
+                     order=self.config.order, comparable=comparable(asdict(self.config)),
+                     facts=fact_lines(run_dir, asdict(self.config), state))
 
     def tracked(self, state: dict, index: int):
         matrix = np.asarray(state["acc"][: index + 1], dtype=float)
@@ -179,7 +181,7 @@ class CilProtocol(Protocol):
     def write_report(self, run_dir: Path, state: dict) -> None:
         acc = np.array([[math.nan if v is None else v for v in row] for row in state["acc"]], dtype=float)
         write_cil_report(run_dir, setting=self.setting, acc=acc, seen=state["seen"], method=self.config.method,
-                         comparable=comparable(asdict(self.config)))
+                         comparable=comparable(asdict(self.config)), facts=fact_lines(run_dir, asdict(self.config), state))
 
     def tracked(self, state: dict, index: int):
         acc = np.array([[math.nan if v is None else v for v in row] for row in state["acc"][: index + 1]], dtype=float)

@@ -44,7 +44,7 @@ from pipeline.models import ClipFeatures, ClipSpec, eval_resize, image_size, loa
 from pipeline.models import tokenizer as clip_tokenizer
 from pipeline.replay.captioned import CaptionRenders, caption_pool_sets, write_captions_record
 from pipeline.replay.streams import ImageStream
-from pipeline.replay.synthetic import find_pool_sets
+from pipeline.replay.synthetic import find_pool_sets, write_replay_record
 from shards.errors import ShardSetError
 
 from .clts_run import run_clts
@@ -213,7 +213,8 @@ def _pool_sets(config: TrainConfig, pool: list[str]) -> tuple[dict[str, Path], d
     if is_url(config.shards):
         raise ShardSetError(f"--replay-captions reads a local --shards root, not {config.shards}: pull the sets first "
                             "(gift shards pull STORE/TASK/HASH DEST), the caption sets included")
-    return caption_pool_sets(config.shards, config.captions, pool, config.shard_family, config.replay_generator)
+    return caption_pool_sets(config.shards, config.captions, pool, config.shard_family, config.replay_generator,
+                             config.real_renders)
 
 
 def _run(run: Run) -> Path:
@@ -223,6 +224,8 @@ def _run(run: Run) -> Path:
         run.run_dir, run.state = prepare_run_dir(config)
         if run.renders:  # which caption sets the replay came from, and the memory they are (report, gift table)
             write_captions_record(run.run_dir, run.renders)
+        if run.sets is not None:  # what the replay is: renders, or real images (report, gift table)
+            write_replay_record(run.run_dir, run.sets)
     dist.barrier()
     if not dist.main:
         run.run_dir, run.state = prepare_run_dir(config)
