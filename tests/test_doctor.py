@@ -172,3 +172,25 @@ def test_disk_and_cost_lines(tmp_path):
     # hours = FLOPs / peak: 82,900 TFLOP alone is 82,900 / 989.4 / 3600 = 0.0233 h on the reference H100
     assert cost.gpu_hours >= 82900 / 989.4 / 3600 and not cost.measured
     assert "a reference: no GPU visible" in cost_lines(cost, [])[-1]
+
+
+def test_moe_adapter_needs_alexnet_and_tinyimagenet(tmp_path, monkeypatch):
+    # MoE-Adapter's DDAS reads AlexNet's ImageNet file from torch's cache (never downloaded) and TinyImageNet's train
+    # split (its autoencoder 0): the doctor lists both, with their fixes, beside the order's own needs
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    entries = weight_entries("tiny", "ViT-B-16", "none", "tiny", captions_needed=False, alexnet="imagenet")
+    assert [e.name for e in entries] == ["AlexNet (ImageNet)"]
+    (finding,) = check_weights(entries)
+    assert finding.status == "missing" and "alexnet-owt-7be5be79.pth" in finding.detail + finding.fix
+    assert "--alexnet-weights" in finding.fix
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"placeholder")
+    assert not check_weights(weight_entries("tiny", "ViT-B-16", "none", "tiny", captions_needed=False,
+                                            alexnet="imagenet"))[0].problem
+    result = diagnose(TrainConfig(order="I", method="moe-adapter", data_root=str(tmp_path / "data"),
+                                  shards=str(tmp_path / "shards"), runs=str(tmp_path / "runs"), clip_weights="none"),
+                      model="tiny")
+    datasets = by_name(result.findings, "datasets")
+    assert datasets["tinyimagenet"].status == "missing" and datasets["aircraft"].status == "missing"
+    assert "AlexNet (ImageNet)" in by_name(result.findings, "weights")

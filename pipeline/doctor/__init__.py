@@ -61,8 +61,13 @@ def _dataset_findings(config: TrainConfig) -> tuple[list[Finding], dict[str, int
         return [Finding("datasets", ", ".join(names), "no data root", f"order {config.order} reads {', '.join(names)}",
                         "pass --data-root DIR (the folder holding them; `gift data check --data-root DIR` lists "
                         "what it holds)")], train, test
+    results = check_order(config.order, config.data_root)
+    if config.method == "moe-adapter" and config.ddas:  # its autoencoder 0 learns TinyImageNet's train split
+        results += cil.check(config.data_root, ["tinyimagenet"])
+        train.setdefault("tinyimagenet", 0)
+        test.setdefault("tinyimagenet", 0)
     findings = []
-    for r in check_order(config.order, config.data_root):
+    for r in results:
         if r.status == "found":
             train[r.name], test[r.name] = r.counts.get("train", train[r.name]), r.counts.get("test", test[r.name])
             findings.append(Finding("datasets", r.name, OK, f"{train[r.name]:,} train / {test[r.name]:,} test images"
@@ -115,8 +120,10 @@ def diagnose(config: TrainConfig, *, model: str = "sd15", captioner: str = "blip
                                                        pool.bytes_to_write)
     captions = config.method == "clts" or config.replay_captions or config.order.startswith("seq-")
     # the generator of the sets already there decides what rendering the rest needs (reference images: no weights)
+    ddas = config.method == "moe-adapter" and bool(config.ddas)
     weights = check_weights(weight_entries(pool.model if pool is not None else model, config.clip_arch,
-                                           config.clip_weights, captioner, captions_needed=captions))
+                                           config.clip_weights, captioner, captions_needed=captions,
+                                           alexnet=config.alexnet_weights or "imagenet" if ddas else None))
     if pool is not None and images == 0:  # every set is rendered: SD is not needed by this run
         weights = [w if w.status == OK or not w.name.startswith("Stable Diffusion") else
                    Finding(w.section, w.name, NOTE, "not needed: every pool set is rendered", w.fix) for w in weights]

@@ -23,10 +23,11 @@ class WeightEntry:
 
 
 def weight_entries(model: str, clip_arch: str, clip_weights: str, captioner: str, *,
-                   captions_needed: bool) -> list[WeightEntry]:
+                   captions_needed: bool, alexnet: str | None = None) -> list[WeightEntry]:
     """The weights of a run of one order: SD for its pool (``model``: `gift generate --model`), CLIP for training,
-    BLIP for `gift caption` (required when the run replays captions, CLTS or ``--replay-captions``). Built-in tiny
-    models, real reference images and random weights need none."""
+    BLIP for `gift caption` (required when the run replays captions, CLTS or ``--replay-captions``), AlexNet for
+    MoE-Adapter's DDAS (``alexnet``: its ``--alexnet-weights``; None when the run has no DDAS). Built-in tiny models,
+    real reference images and random weights need none."""
     from pipeline.captioning.blip import locate_captioner
     from pipeline.generation.generators import SD15_ID, locate_sd15
     from pipeline.models import ClipSpec, clip_weights_file
@@ -44,6 +45,11 @@ def weight_entries(model: str, clip_arch: str, clip_weights: str, captioner: str
         name = "BLIP captioner" if captioner == "blip" else f"captioner {captioner}"
         entries.append(WeightEntry(name, "gift caption (CLTS, --replay-captions)",
                                    lambda: locate_captioner(captioner).path, required=captions_needed))
+    if alexnet is not None and alexnet not in ("none", "random"):
+        from pipeline.moe.ddas import alexnet_weights_path
+
+        entries.append(WeightEntry("AlexNet (ImageNet)", "gift train --method moe-adapter (DDAS)",
+                                   lambda: alexnet_weights_path(alexnet)))
     return entries
 
 
