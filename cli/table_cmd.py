@@ -44,6 +44,9 @@ def train_options(ctx: typer.Context, args: list[str]) -> tuple[dict, str | None
     given = [k for k in ("method", "name") if getattr(sub.get_parameter_source(k), "name", "") == "COMMANDLINE"]
     if given:
         raise ValueError(f"--{given[0]} is chosen per preset by `gift table`; list presets with --methods")
+    if (sub.params.get("gpus") or 1) > 1:  # not a TrainConfig field: it would be dropped without a word
+        raise ValueError("--gpus is `gift train`'s: gift table trains its runs in this one process; train each run on "
+                         "several GPUs with `gift train --gpus N` (same options), then `gift table` reuses them")
     return kwargs, sub.params.get("device"), sub.params.get("report_to") or "", [Path(a) for a in sub.args]
 
 

@@ -65,6 +65,13 @@ def test_table_checks_the_shared_train_options_once_before_any_preset_runs(tmp_p
     assert not runs.exists()
 
 
+def test_table_refuses_gpus_instead_of_dropping_it(tmp_path):
+    runs = tmp_path / "runs"
+    r = run_gift("table", "--order", "mini", "--methods", "finetune", "--runs", runs, "--gpus", "2")
+    refused(r, "--gpus is `gift train`'s", "gift train --gpus N")
+    assert not runs.exists()
+
+
 @pytest.mark.parametrize("command", ["generate", "train"])
 def test_gpus_must_be_one_or_more(tmp_path, command):
     args = ["mini-a", "--model", "tiny", "--out", tmp_path] if command == "generate" else ["--order", "mini"]
