@@ -308,31 +308,15 @@ def test_mini_mtil_run_keeps_experts_routers_freeze_lists_and_autoencoders(works
 
 
 def test_killed_moe_run_resumes_to_the_uninterrupted_matrix(workspace, tmp_path):
-    import multiprocessing
-    import os
-    import signal
-    import time
 
     from pipeline.training.train import train
     from tests.conftest import mini_config
-    from tests.test_train import _train_until_killed
+    from tests.test_train import kill_in_task_2
 
     root, _ = workspace
-    held = {**MOE_MINI, "iterations": 6}  # _train_until_killed holds the run at step 6 of task 2 (of 7)
+    held = {**MOE_MINI, "iterations": 6}  # kill_in_task_2 holds the run at step 6 of task 2 (of 7)
     whole = train(mini_config(workspace, name="moe-whole", **held), device=CPU)
-    marker = tmp_path / "in-task-2"
-    child = multiprocessing.get_context("spawn").Process(
-        target=_train_until_killed, args=(mini_config(workspace, name="moe-killed", **held), marker))
-    child.start()
-    try:
-        deadline = time.time() + 600  # only a hang takes this long
-        while not marker.exists():
-            assert child.is_alive() and time.time() < deadline, "the run to kill never reached task 2"
-            time.sleep(0.05)
-    finally:
-        if child.is_alive():
-            os.kill(child.pid, signal.SIGKILL)
-        child.join()
+    kill_in_task_2(mini_config(workspace, name="moe-killed", **held), tmp_path / "in-task-2")
     killed = root / "runs" / "moe-killed"
     assert json.loads((killed / "state.json").read_text())["finished"] == 1
     train(mini_config(workspace, name="moe-killed", **held), device=CPU)

@@ -77,16 +77,10 @@ def _train_until_killed(config: TrainConfig, marker: Path) -> None:
     train(config, _HoldInTask2(marker), CPU)
 
 
-def test_killed_run_resumes_to_exactly_the_uninterrupted_matrix(workspace, tmp_path):
-    root, _ = workspace
-    args = cli_args(workspace, "--method", "gift", "--iterations", "12")
-    r = run_gift(*args, "--name", "whole")
-    assert r.returncode == 0, r.stderr
-    # The run to kill is the CLI's config, trained in a child process that waits at step 6 of task 2: the kill
-    # lands there on any machine, never after the run has finished.
-    marker = tmp_path / "in-task-2"
-    child = multiprocessing.get_context("spawn").Process(
-        target=_train_until_killed, args=(mini_config(workspace, method="gift", iterations=12, name="killed"), marker))
+def kill_in_task_2(config: TrainConfig, marker: Path) -> None:
+    """Train ``config`` in a child process held at step 6 of task 2, then SIGKILL it there: the kill lands at the
+    same step on any machine, never after the run has finished."""
+    child = multiprocessing.get_context("spawn").Process(target=_train_until_killed, args=(config, marker))
     child.start()
     try:
         deadline = time.time() + 600  # only a hang takes this long
@@ -97,6 +91,16 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_matrix(workspace, tmp_p
         if child.is_alive():
             os.kill(child.pid, signal.SIGKILL)
         child.join()
+
+
+def test_killed_run_resumes_to_exactly_the_uninterrupted_matrix(workspace, tmp_path):
+    root, _ = workspace
+    args = cli_args(workspace, "--method", "gift", "--iterations", "12")
+    r = run_gift(*args, "--name", "whole")
+    assert r.returncode == 0, r.stderr
+    # The run to kill is the CLI's config, trained in a child process that waits at step 6 of task 2: the kill
+    # lands there on any machine, never after the run has finished.
+    kill_in_task_2(mini_config(workspace, method="gift", iterations=12, name="killed"), tmp_path / "in-task-2")
     state = json.loads((root / "runs" / "killed" / "state.json").read_text())
     assert state["finished"] == 1 and state["checkpoint"] == "checkpoint-task01.safetensors"
     r = run_gift(*args, "--name", "killed")
