@@ -66,8 +66,13 @@ def generate(
     setup_logging()
     from pipeline.datasets import catalog
 
-    with clean_errors():
-        catalog.get_task(task)  # an unknown name fails at once, before torch and diffusers load
+    with clean_errors():  # an unknown name fails at once, before torch and diffusers load
+        if task is not None:
+            catalog.get_task(task)
+        elif catalog.is_cil(order):
+            catalog.get_setting(order)
+        else:
+            catalog.get_order(order)
 
     from pipeline.generation.generate import default_device, generate, resolve_spec
     from pipeline.generation.generators import Speedups

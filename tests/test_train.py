@@ -180,7 +180,7 @@ def test_non_finite_loss_stops_and_names_the_term(workspace):
 
 def test_cli_bad_input(workspace):
     r = run_gift(*cli_args(workspace, "--method", "l2p"))
-    assert r.returncode == 2 and "unknown method 'l2p'; valid methods: zeroshot, finetune, l2, lwf" in r.stderr
+    assert r.returncode == 2 and "unknown method 'l2p' (did you mean l2?); valid methods: zeroshot, finetune, l2, lwf" in r.stderr
     r = run_gift(*cli_args(workspace, "--order", "III"))
     assert r.returncode == 2 and "unknown order 'III'" in r.stderr
     r = run_gift("train", "--order", "I", "--clip", "tiny", "--clip-weights", "none", "--data-root", "/nonexistent")
