@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pipeline.generation.generators import ModelNotFoundError, offline
-from pipeline.hub import download_command
+from pipeline.generation.generators import ModelNotFoundError
+from pipeline.hub import not_found_message, offline
 
 from .tiny_blip import build_tiny_blip, tiny_revision
 
@@ -82,15 +82,8 @@ def _locate_hub(repo: str, revision: str | None, allow_download: bool) -> Captio
 
 
 def not_found(where: str, local_only: bool, cause: Exception | None) -> CaptionerNotFoundError:
-    hint = ("Provide the weights: on a machine with network run "
-            f"`{download_command(BLIP_ID)}` (then copy the cache, or set HF_HOME), "
-            "or pass --captioner /path/to/a/blip/directory")
-    if not local_only:
-        hint += "; the download itself failed"
-    elif not offline():
-        hint += ", or allow a download with --download"
-    detail = f"\n({type(cause).__name__}: {cause})" if cause is not None else ""
-    return CaptionerNotFoundError(f"BLIP captioner not found: searched {where}.\n{hint}.{detail}")
+    return CaptionerNotFoundError(not_found_message("BLIP captioner", where, BLIP_ID,
+                                                    "--captioner /path/to/a/blip/directory", local_only, cause))
 
 
 def directory_revision(path: Path) -> str:

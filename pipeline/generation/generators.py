@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Protocol
 import torch
 from PIL import Image
 
-from pipeline.hub import download_command
+from pipeline.hub import not_found_message, offline
 
 SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SCHEDULERS = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "dpm-solver": "DPMSolverMultistepScheduler"}
@@ -126,23 +125,10 @@ def set_scheduler(pipe, name: str) -> None:
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
 
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
-
-
 def sd15_not_found(where: str, local_only: bool, cause: Exception | None = None) -> ModelNotFoundError:
     """The error for SD weights missing from ``where``, with the command that provides them."""
-    hint = (
-        "Provide the weights: on a machine with network run "
-        f"`{download_command(SD15_ID)}` (then copy the cache, or set HF_HOME), "
-        "or pass --model /path/to/a/diffusers/directory"
-    )
-    if not local_only:
-        hint += "; the download itself failed"
-    elif not offline():
-        hint += ", or allow a download with --download"
-    detail = f"\n({type(cause).__name__}: {cause})" if cause is not None else ""
-    return ModelNotFoundError(f"Stable Diffusion weights not found: searched {where}.\n{hint}.{detail}")
+    return ModelNotFoundError(not_found_message("Stable Diffusion weights", where, SD15_ID,
+                                                "--model /path/to/a/diffusers/directory", local_only, cause))
 
 
 def _sd15_where(model: str, revision: str | None) -> str:
